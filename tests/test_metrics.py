@@ -1,0 +1,113 @@
+"""Metric semantics of DESIGN.md, pinned on hand-computed cases (seg/metrics.py)."""
+import math
+
+import numpy as np
+import pytest
+
+from seg.metrics import assd, case_metrics, dice, empty_penalty, hausdorff, iou, structure_rows, summarize
+
+
+def square(shape, r0, c0, size):
+    m = np.zeros(shape, bool)
+    m[r0:r0 + size, c0:c0 + size] = True
+    return m
+
+
+def test_both_empty_is_nan_for_every_metric():
+    z = np.zeros((8, 8), bool)
+    assert math.isnan(dice(z, z)) and math.isnan(iou(z, z))
+    assert math.isnan(hausdorff(z, z)) and math.isnan(hausdorff(z, z, percentile=95)) and math.isnan(assd(z, z))
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_one_empty_is_zero_overlap_and_diagonal_penalty(swap):
+    a, b = square((10, 20), 2, 2, 3), np.zeros((10, 20), bool)
+    if swap:
+        a, b = b, a
+    spacing = (2.0, 1.0)                       # extent 20 mm x 20 mm
+    assert dice(a, b) == 0 and iou(a, b) == 0
+    diag = math.sqrt(20 ** 2 + 20 ** 2)
+    assert empty_penalty((10, 20), spacing) == pytest.approx(diag)
+    for value in (hausdorff(a, b, spacing), hausdorff(a, b, spacing, 95), assd(a, b, spacing)):
+        assert value == pytest.approx(diag) and math.isfinite(value)
+
+
+def test_shifted_squares_hand_values():
+    gt, pred = square((16, 16), 4, 4, 4), square((16, 16), 4, 6, 4)   # shifted by 2 columns
+    assert dice(pred, gt) == pytest.approx(2 * 8 / 32)
+    assert iou(pred, gt) == pytest.approx(8 / 24)
+    assert hausdorff(pred, gt) == pytest.approx(2.0)
+    assert hausdorff(pred, gt, spacing=(1.0, 0.5)) == pytest.approx(1.0)  # columns are 0.5 mm
+
+
+def test_anisotropic_spacing_3d():
+    gt = np.zeros((5, 12, 12), bool)
+    gt[1:3, 3:8, 3:8] = True
+    pred = np.roll(gt, 1, axis=0)                                          # one slice up
+    assert hausdorff(pred, gt, spacing=(10.0, 1.5, 1.5)) == pytest.approx(10.0)
+
+
+def test_hd95_ignores_a_single_outlier_but_hd_does_not():
+    gt = square((64, 64), 10, 10, 20)
+    pred = gt.copy()
+    pred[60, 60] = True                                                    # far-away false positive pixel
+    assert hausdorff(pred, gt) == pytest.approx(math.hypot(60 - 29, 60 - 29))
+    assert hausdorff(pred, gt, percentile=95) == pytest.approx(0.0)
+    # boundary: 76 gt boundary pixels at distance 0; the outlier adds one distance to 77 pred boundary pixels
+    assert assd(pred, gt) == pytest.approx(math.hypot(31, 31) / (77 + 76))
+
+
+def test_hd_is_symmetric_and_crop_is_exact():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random((40, 50)) > 0.97, rng.random((40, 50)) > 0.97
+        full_a, full_b = np.zeros((80, 90), bool), np.zeros((80, 90), bool)
+        full_a[20:60, 20:70], full_b[20:60, 20:70] = a, b
+        assert hausdorff(a, b) == pytest.approx(hausdorff(b, a))
+        assert hausdorff(full_a, full_b, percentile=95) == pytest.approx(hausdorff(a, b, percentile=95))
+
+
+def test_case_metrics_agree_with_single_functions():
+    gt, pred = square((32, 32), 5, 5, 10), square((32, 32), 7, 4, 9)
+    m = case_metrics(pred, gt, (0.7, 1.3))
+    assert m["dice"] == dice(pred, gt) and m["iou"] == iou(pred, gt)
+    assert m["hd"] == pytest.approx(hausdorff(pred, gt, (0.7, 1.3)))
+    assert m["hd95"] == pytest.approx(hausdorff(pred, gt, (0.7, 1.3), 95))
+    assert m["assd"] == pytest.approx(assd(pred, gt, (0.7, 1.3)))
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="same shape"):
+        dice(np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="spacing"):
+        hausdorff(square((8, 8), 1, 1, 2), square((8, 8), 2, 2, 2), spacing=(1.0,))
+    with pytest.raises(ValueError, match="percentile"):
+        hausdorff(square((8, 8), 1, 1, 2), square((8, 8), 2, 2, 2), percentile=150)
+
+
+def test_summarize_nanmean_counts_and_false_positive_rate():
+    gt = [np.zeros((8, 8), np.uint8) for _ in range(3)]
+    pred = [np.zeros((8, 8), np.uint8) for _ in range(3)]
+    gt[0][2:5, 2:5] = 1
+    pred[0][2:5, 2:5] = 1          # case a: perfect
+    pred[1][0, 0] = 1              # case b: empty gt, false positive -> dice 0
+    #                                case c: both empty -> NaN, excluded and counted
+    rows = []
+    for i in range(3):
+        rows += structure_rows(f"c{i}", pred[i], gt[i], ["lesion"])
+    s = summarize(rows, ["lesion"])
+    assert s["dice"] == pytest.approx(0.5) and s["dice_lesion"] == pytest.approx(0.5)
+    assert s["dice_n"] == 2 and s["dice_lesion_n"] == 2
+    assert s["fpr_empty"] == pytest.approx(0.5)    # 1 of 2 empty-gt cases got foreground
+    assert s["hd95_lesion"] == pytest.approx((0 + empty_penalty((8, 8))) / 2)
+    assert s["n_cases"] == 3
+
+
+def test_multiclass_rows_skip_background():
+    gt = np.zeros((10, 10), np.uint8)
+    gt[1:4, 1:4], gt[5:9, 5:9] = 1, 3
+    rows = structure_rows("x", gt, gt, ["rv", "myo", "lv"])
+    assert [r["structure"] for r in rows] == ["rv", "myo", "lv"]
+    s = summarize(rows, ["rv", "myo", "lv"])
+    assert s["dice_rv"] == 1 and s["dice_lv"] == 1 and math.isnan(s["dice_myo"]) and s["dice_myo_n"] == 0
+    assert s["dice"] == 1.0                          # mean over structures with valid cases
