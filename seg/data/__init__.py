@@ -1,0 +1,20 @@
+"""Dataset readers, one module per on-disk format, and the phantom data written in those formats.
+
+    seg.data.covid.covid_infection    COVID-QU-Ex "Infection Segmentation Data" (PNG)
+    seg.data.acdc.acdc                ACDC cine MRI database (NIfTI); read_nifti
+    seg.data.phantom                  write_covid_qu_ex, write_acdc (phantoms in the real layouts)
+    seg.data.transforms               build_transforms (paired albumentations), PairedDataset
+    seg.data.base                     Case, SegData (what every reader returns)
+
+Import readers from their modules (config targets name them so: `seg.data.acdc.acdc`); this
+package re-exports only the interface dataclasses, so the name of a module is never shadowed
+by a function of the same name.
+"""
+import os
+
+# albumentations asks PyPI for a newer version on import (2 s timeout per process when offline)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from seg.data.base import Case, SegData  # noqa: E402
+
+__all__ = ["Case", "SegData"]
