@@ -1,0 +1,20 @@
+"""segsweep entry point: compose a run from conf/ and train it. See README.md.
+
+    python run.py                                           # one run on the embedded phantom data
+    python run.py -m model=unet,resunet,transunet loss=bce,focal,dice
+"""
+import hydra
+from omegaconf import DictConfig
+
+import seg.config  # noqa: F401  (registers the project_root resolver used by conf/config.yaml)
+
+
+@hydra.main(config_path="conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> float:
+    from seg.train import run  # imported here so `--help` and config errors stay fast
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Config helpers: the `project_root` resolver and instantiation of `_target_` nodes.
+
+Paths resolve from the project root, never from the working directory (Hydra does not chdir).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from seg import PROJECT_ROOT
+
+# Keys that describe a node for humans and MLflow (run names, tags) and are not constructor arguments.
+META_KEYS = ("name", "size")
+
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """Instantiate a `_target_` node without its META_KEYS; kwargs are run-time arguments.
+
+    Returns None for an empty node (e.g. `scheduler=none`).
+    """
+    if node is None or "_target_" not in node:
+        return None
+    container = OmegaConf.to_container(node, resolve=True)
+    for key in META_KEYS:
+        container.pop(key, None)
+    if container.get("_partial_"):  # arguments that arrive at run time (optimizer params, ...)
+        return instantiate(container)(**kwargs)
+    return instantiate(container, **kwargs)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}, "c": [1, 2]} -> {"a.b": 1, "c": [1, 2]} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,314 @@
+"""The plain-PyTorch AMP training loop: run(cfg) -> train_epoch / evaluate -> MLflow.
+
+run(cfg): seed, build data / model / loss / optimizer / scheduler from their `_target_` nodes,
+train with early stopping on the monitored validation metric, keep the weights of the best epoch
+(checkpoints/best.pt), evaluate the test split on those weights, log everything through
+seg.tracking. A failing run is recorded FAILED with its reason; in a multirun the sweep goes on.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from seg.config import build, flatten
+from seg.data.base import Case
+from seg.metrics import structure_rows, summarize
+from seg.tracking import Tracker
+from seg.viz import write_overlay
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf: the run stops and is recorded FAILED."""
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str) -> torch.device:
+    """"auto" -> cuda if available, else mps, else cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available; use device=auto or device=cpu")
+    return device
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """amp: auto (fp16 on CUDA, off elsewhere) | fp16 | bf16 | off -> autocast dtype or None."""
+    choices = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
+    if mode not in choices:
+        raise ValueError(f"amp={mode!r}; allowed values: {', '.join(choices)}")
+    if mode == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return choices[mode]
+
+
+def config_hash(resolved: dict, replace: Sequence[str]) -> str:
+    """Hash of the settings that define a run's result (no paths, tracking or device), machine independent."""
+    keep = {k: v for k, v in resolved.items() if k not in ("paths", "tracking", "device", "threads", "hydra")}
+    text = json.dumps(keep, sort_keys=True, default=str)
+    for i, path in enumerate(replace):
+        text = text.replace(path, f"<path{i}>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def hydra_context(cfg: DictConfig) -> dict:
+    """Run dir, sweep id, multirun flag and overrides from Hydra; fallbacks when called without it."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        return {"output_dir": Path(hc.runtime.output_dir), "multirun": multirun,
+                "sweep_id": Path(hc.sweep.dir).name if multirun else "none",
+                "overrides": " ".join(hc.overrides.task)}
+    except ValueError:  # not under @hydra.main (tests, notebooks)
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        return {"output_dir": Path(cfg.paths.output) / "runs" / f"{stamp}_{cfg.tracking.run_name}",
+                "multirun": False, "sweep_id": "none", "overrides": ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train_epoch(model, loader, loss_fn, optimizer, scaler, device, dtype, accumulate: int = 1,
+                grad_clip: float | None = None, limit: int | None = None, desc: str = "train") -> tuple[float, int]:
+    """One pass over loader -> (mean loss, images seen). Raises NonFiniteLossError on NaN / inf."""
+    model.train()
+    batches = len(loader) if limit is None else min(limit, len(loader))
+    total, seen = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, total=batches, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
+    for step, (x, y) in enumerate(bar):
+        if step >= batches:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, C, S, S), (B, S, S)
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
+            logits = model(x)                                                     # (B, K, S, S)
+            loss = loss_fn(logits, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at {desc}, step {step}: stopping this run "
+                                     "(lower the learning rate, enable grad_clip, or check the data)")
+        scaler.scale(loss / accumulate).backward()
+        if (step + 1) % accumulate == 0 or step + 1 == batches:
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        total += loss.item() * x.shape[0]
+        seen += x.shape[0]
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+    bar.close()
+    return total / max(seen, 1), seen
+
+
+@torch.no_grad()
+def predict(model, case: Case, device, dtype, num_classes: int, batch_size: int = 16) -> np.ndarray:
+    """Case image (D, C, S, S) -> label map (D, H0, W0) at the original size of case.label.
+
+    Logits are resized back bilinearly before the threshold / argmax.
+    """
+    model.eval()
+    out_size = case.label.shape[-2:]
+    labels = []
+    for i in range(0, case.image.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(case.image[i:i + batch_size])).to(device)
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
+            logits = model(x)                                                     # (d, K, S, S)
+        logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+        pred = (logits[:, 0] > 0) if num_classes == 1 else logits.argmax(1)       # (d, H0, W0)
+        labels.append(pred.to(torch.uint8).cpu().numpy())
+    return np.concatenate(labels)
+
+
+def evaluate(model, cases: Sequence[Case], class_names: Sequence[str], device, dtype, num_classes: int,
+             distances: bool = True, desc: str = "eval", keep: int = 0) -> tuple[list[dict], list[tuple]]:
+    """Score every case per structure -> (rows, up to `keep` (case, prediction) pairs with foreground)."""
+    rows, kept = [], []
+    for case in tqdm(cases, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None):
+        pred = predict(model, case, device, dtype, num_classes)
+        pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])
+        rows += structure_rows(case.case_id, pred_s, label_s, class_names, case.spacing, distances)
+        if len(kept) < keep and case.label.any():
+            kept.append((case, pred))
+    return rows, kept
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+# output dir -> "ExceptionType: message" of runs of this process that failed (read by seg.callbacks)
+FAILURES: dict[str, str] = {}
+
+
+def run(cfg: DictConfig) -> float:
+    """Train one configuration, log it to MLflow, return the best monitored validation value.
+
+    A failure is recorded in MLflow (FAILED run, `failure_reason` tag, traceback.txt). A single run
+    re-raises it; in a multirun the job returns NaN so the sweep goes on, and seg.callbacks.SweepSummary
+    lists the failures and exits non-zero at the end.
+    """
+    ctx = hydra_context(cfg)
+    try:
+        return _run(cfg, ctx)
+    except Exception as exc:
+        if not ctx["multirun"]:
+            raise
+        FAILURES[str(ctx["output_dir"])] = f"{type(exc).__name__}: {exc}"
+        log.exception("run %s FAILED (the sweep continues)", cfg.tracking.run_name)
+        return math.nan
+
+
+def _run(cfg: DictConfig, ctx: dict) -> float:
+    out_dir: Path = ctx["output_dir"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    dtype = amp_dtype(cfg.amp, device)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    chash = config_hash(resolved, [cfg.paths.cache, cfg.paths.root])
+    tags = {"model": cfg.model.name, "loss": cfg.loss.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
+            "sweep_id": ctx["sweep_id"], "config_hash": chash, "profile": cfg.profile.name,
+            "overrides": ctx["overrides"], "output_dir": str(out_dir)}
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name, tags)
+    log.info("MLflow run %s (%s) in experiment %s; output %s", tracker.run_id, cfg.tracking.run_name,
+             cfg.tracking.experiment, out_dir)
+    with tracker:
+        tracker.log_params(flatten(resolved))
+        config_path = out_dir / "config.yaml"
+        config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        tracker.log_artifact(config_path)
+        return _fit_and_test(cfg, tracker, out_dir, device, dtype, resolved)
+
+
+def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved: dict) -> float:
+    num_classes = int(cfg.dataset.num_classes)
+    data = build(cfg.dataset.source, seed=cfg.seed)
+    (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
+    tracker.log_artifact(out_dir / "split.json")
+    log.info("data: %d training samples, %d val cases, %d test cases, structures %s",
+             len(data.train), len(data.val), len(data.test), data.class_names)
+
+    model = build(cfg.model).to(device)
+    loss_fn = build(cfg.loss).to(device)
+    optimizer = build(cfg.optimizer, params=model.parameters())
+    scheduler = build(cfg.scheduler, optimizer=optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    n_params = sum(p.numel() for p in model.parameters())
+    tracker.log_metrics({"model/params": n_params})
+
+    t = cfg.trainer
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers,
+                        generator=generator, drop_last=len(data.train) > t.batch_size,
+                        pin_memory=device.type == "cuda", persistent_workers=t.num_workers > 0,
+                        worker_init_fn=_seed_worker)
+
+    best_path = out_dir / "checkpoints" / "best.pt"
+    best_path.parent.mkdir(parents=True, exist_ok=True)
+    best, best_epoch, stale, train_time, images = -math.inf, -1, 0, 0.0, 0
+    for epoch in range(t.epochs):
+        start = time.perf_counter()
+        train_loss, seen = train_epoch(model, loader, loss_fn, optimizer, scaler, device, dtype, t.accumulate,
+                                       t.grad_clip, t.limit_train_batches, desc=f"epoch {epoch + 1}/{t.epochs}")
+        epoch_train = time.perf_counter() - start
+        train_time, images = train_time + epoch_train, images + seen
+        rows, _ = evaluate(model, data.val, data.class_names, device, dtype, num_classes, distances=False,
+                           desc="val")
+        val = summarize(rows, data.class_names, metrics=("dice", "iou"))
+        monitored = val[t.monitor.split("/", 1)[1]]
+        metrics = {"train/loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
+                   "time/epoch_s": time.perf_counter() - start, "train/img_per_s": seen / epoch_train,
+                   **{f"val/{k}": v for k, v in val.items() if not k.endswith(("_std", "_n")) and k != "n_cases"}}
+        tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=epoch)
+        score = -math.inf if math.isnan(monitored) else monitored
+        if score > best or best_epoch < 0:
+            best, best_epoch, stale = score, epoch, 0
+            torch.save({"state_dict": model.state_dict(), "config": resolved, "epoch": epoch,
+                        "monitor": t.monitor, "value": score}, best_path)
+        else:
+            stale += 1
+        log.info("epoch %d/%d  train/loss %.4f  %s %.4f  (best %.4f @ %d)  %.1fs", epoch + 1, t.epochs,
+                 train_loss, t.monitor, monitored, best, best_epoch + 1, metrics["time/epoch_s"])
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(score if math.isfinite(score) else 0.0)
+            else:
+                scheduler.step()
+        if t.early_stopping and stale >= t.early_stopping:
+            log.info("early stopping: no %s improvement for %d epochs", t.monitor, stale)
+            break
+
+    # test on the best epoch's weights, not the last
+    checkpoint = torch.load(best_path, map_location=device, weights_only=True)
+    model.load_state_dict(checkpoint["state_dict"])
+    rows, kept = evaluate(model, data.test, data.class_names, device, dtype, num_classes, distances=True,
+                          desc="test", keep=int(cfg.tracking.overlays))
+    test = summarize(rows, data.class_names)
+    final = {f"test/{k}": v for k, v in test.items() if not (isinstance(v, float) and math.isnan(v))}
+    final.update({"best/epoch": best_epoch + 1, f"best/{t.monitor}": best, "time/train_s": train_time,
+                  "time/img_per_s": images / max(train_time, 1e-9)})
+    tracker.log_metrics(final)
+    _write_cases(out_dir / "cases.csv", rows)
+    tracker.log_artifact(out_dir / "cases.csv")
+    tracker.log_artifact(best_path, "checkpoints")
+    for case, pred in kept:
+        d = int(np.argmax(case.label.reshape(case.label.shape[0], -1).sum(1)))  # slice with most foreground
+        name = case.case_id.replace("/", "_").replace(" ", "_")
+        png = write_overlay(out_dir / "overlays" / f"{name}.png", case.image[d, 0], case.label[d], pred[d],
+                            max(num_classes - 1, 1))
+        tracker.log_artifact(png, "overlays")
+    log.info("test: dice %.4f  iou %.4f  hd95 %.2f  (best epoch %d); run %s", test["dice"], test["iou"],
+             test["hd95"], best_epoch + 1, tracker.run_id)
+    return float(best)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _write_cases(path: Path, rows: list[dict]) -> None:
+    fields = ["case_id", "structure", "gt_empty", "pred_empty", "dice", "iou", "hd", "hd95", "assd"]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
