@@ -291,7 +291,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     tracker.log_artifact(best_path, "checkpoints")
     for case, pred in kept:
         d = int(np.argmax(case.label.reshape(case.label.shape[0], -1).sum(1)))  # slice with most foreground
-        name = case.case_id.replace("/", "_").replace(" ", "_")
+        name = "_".join(Path(case.case_id).with_suffix("").parts).replace(" ", "_")
         png = write_overlay(out_dir / "overlays" / f"{name}.png", case.image[d, 0], case.label[d], pred[d],
                             max(num_classes - 1, 1))
         tracker.log_artifact(png, "overlays")
