@@ -34,7 +34,7 @@ test: $(STAMP)  ## the fast test suite (under 5 minutes on 2 cores)
 test-all: $(STAMP)  ## every test, the slow end-to-end ones included
 	$(PY) -m pytest -q
 
-ui: $(STAMP)  ## MLflow UI on http://127.0.0.1:$(PORT)
+ui: $(STAMP)  ## MLflow UI on 127.0.0.1 (PORT=5000 by default)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 clean:  ## remove outputs/, mlruns/ and caches (keeps .venv)

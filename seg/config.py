@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,7 +31,14 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         container.pop(key, None)
     if container.get("_partial_"):  # arguments that arrive at run time (optimizer params, ...)
         return instantiate(container)(**kwargs)
-    return instantiate(container, **kwargs)
+    try:
+        return instantiate(container, **kwargs)
+    except InstantiationException as err:
+        # Hydra wraps the constructor's own error in a one-line repr ("\n" escaped); the original
+        # exception (e.g. a missing dataset root with its expected layout) reads better as it is.
+        if err.__cause__ is not None:
+            raise err.__cause__ from None
+        raise
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -88,54 +88,54 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
     return to_gt[pred_b], to_pred[gt_b]
 
 
-def hausdorff(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None,
-              percentile: float | None = None) -> float:
-    """Symmetric Hausdorff distance (mm) between boundaries; percentile=95 gives HD95.
-
-    Both empty -> NaN; one empty -> empty_penalty(shape, spacing).
-    """
-    if percentile is not None and not 0 <= percentile <= 100:
-        raise ValueError(f"percentile={percentile}; expected None or a value in [0, 100]")
+def _distances_or_value(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None
+                        ) -> tuple[tuple[np.ndarray, np.ndarray] | None, float]:
+    """(directed distances, NaN) when both masks are non-empty; else (None, the contract's value):
+    NaN when both are empty, the empty penalty when exactly one is."""
     pred, gt = _pair(pred, gt)
     if not pred.any() and not gt.any():
-        return float("nan")
+        return None, math.nan
     dists = surface_distances(pred, gt, spacing)
-    if dists is None:
-        return empty_penalty(pred.shape, spacing)
+    return (dists, math.nan) if dists is not None else (None, empty_penalty(pred.shape, spacing))
+
+
+def _hd(dists: tuple[np.ndarray, np.ndarray], percentile: float | None) -> float:
     if percentile is None:
         return float(max(dists[0].max(), dists[1].max()))
     return float(max(np.percentile(dists[0], percentile), np.percentile(dists[1], percentile)))
 
 
+def _assd(dists: tuple[np.ndarray, np.ndarray]) -> float:
+    return float(np.concatenate(dists).mean())
+
+
+def hausdorff(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None,
+              percentile: float | None = None) -> float:
+    """Symmetric Hausdorff distance (mm) between boundaries; percentile=95 gives HD95 (the max of
+    the two directed 95th percentiles). Both empty -> NaN; one empty -> empty_penalty(shape, spacing).
+    """
+    if percentile is not None and not 0 <= percentile <= 100:
+        raise ValueError(f"percentile={percentile}; expected None or a value in [0, 100]")
+    dists, value = _distances_or_value(pred, gt, spacing)
+    return value if dists is None else _hd(dists, percentile)
+
+
 def assd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None) -> float:
     """Average symmetric surface distance (mm): mean over both directed distance sets."""
-    pred, gt = _pair(pred, gt)
-    if not pred.any() and not gt.any():
-        return float("nan")
-    dists = surface_distances(pred, gt, spacing)
-    if dists is None:
-        return empty_penalty(pred.shape, spacing)
-    return float(np.concatenate(dists).mean())
+    dists, value = _distances_or_value(pred, gt, spacing)
+    return value if dists is None else _assd(dists)
 
 
 def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None,
                  distances: bool = True) -> dict[str, float]:
     """All metrics of one structure in one case, the boundary distances computed once."""
-    pred, gt = _pair(pred, gt)
     out = {"dice": dice(pred, gt), "iou": iou(pred, gt)}
-    if not distances:
-        return out
-    if not pred.any() and not gt.any():
-        out.update(hd=math.nan, hd95=math.nan, assd=math.nan)
-        return out
-    dists = surface_distances(pred, gt, spacing)
-    if dists is None:
-        penalty = empty_penalty(pred.shape, spacing)
-        out.update(hd=penalty, hd95=penalty, assd=penalty)
-    else:
-        out.update(hd=float(max(dists[0].max(), dists[1].max())),
-                   hd95=float(max(np.percentile(dists[0], 95), np.percentile(dists[1], 95))),
-                   assd=float(np.concatenate(dists).mean()))
+    if distances:
+        dists, value = _distances_or_value(pred, gt, spacing)
+        if dists is None:
+            out.update(hd=value, hd95=value, assd=value)
+        else:
+            out.update(hd=_hd(dists, None), hd95=_hd(dists, 95), assd=_assd(dists))
     return out
 
 

@@ -97,3 +97,30 @@ def test_missing_dataset_root_names_path_and_layout(tmp_path, phantom_cache):
     assert str(missing) in proc.stderr and "Infection Segmentation Data" in proc.stderr
     (run,) = search_runs(f"sqlite:///{tmp_path}/mlflow.db", "phantom_xray")
     assert run.info.status == "FAILED" and str(missing) in run.data.tags["failure_reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_phantom_tasks_are_not_trivial_after_one_epoch(tmp_path, phantom_cache, task):
+    """DESIGN: after one epoch no model reaches Dice 0.9 on the phantom tasks (default cpu profile)."""
+    proc = _run(["-m", "model=unet,resunet,transunet", f"dataset={task}", "profile.epochs=1"], tmp_path, phantom_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = search_runs(f"sqlite:///{tmp_path}/mlflow.db", task)
+    assert len(runs) == 3
+    for r in runs:
+        assert r.data.metrics["best/val/dice"] < 0.9, r.info.run_name
+        assert r.data.metrics["test/dice"] < 0.9, r.info.run_name
+
+
+@pytest.mark.slow
+def test_default_cardiac_run_learns_every_structure(tmp_path, phantom_cache):
+    """`python run.py dataset=phantom_cardiac` with the cpu profile: per-structure metrics, each learnt."""
+    proc = _run(["dataset=phantom_cardiac"], tmp_path, phantom_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = search_runs(f"sqlite:///{tmp_path}/mlflow.db", "phantom_cardiac")
+    m = run.data.metrics
+    for metric in ("dice", "iou", "hd95"):
+        for structure in ("rv", "myo", "lv"):
+            assert f"test/{metric}_{structure}" in m
+    assert m["test/dice_lv"] > 0.7 and m["test/dice_rv"] > 0.5 and m["test/dice_myo"] > 0.3
+    assert m["test/n_cases"] == 20   # 10 test patients x (ED, ES), scored as 3D volumes
