@@ -124,3 +124,45 @@ def test_default_cardiac_run_learns_every_structure(tmp_path, phantom_cache):
             assert f"test/{metric}_{structure}" in m
     assert m["test/dice_lv"] > 0.7 and m["test/dice_rv"] > 0.5 and m["test/dice_myo"] > 0.3
     assert m["test/n_cases"] == 20   # 10 test patients x (ED, ES), scored as 3D volumes
+
+
+def test_best_checkpoint_is_the_best_epoch_not_the_last(tmp_path, phantom_cache):
+    proc = _run(["dataset=phantom_cardiac", "profile.image_size=32", "profile.epochs=4", "trainer.early_stopping=0",
+                 "trainer.limit_train_batches=3", "tracking.overlays=0"], tmp_path, phantom_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    (run,) = search_runs(uri, "phantom_cardiac")
+    from mlflow import MlflowClient
+
+    history = sorted(MlflowClient(uri).get_metric_history(run.info.run_id, "val/dice"), key=lambda m: m.step)
+    values = [m.value for m in history]
+    assert len(values) == 4
+    best_epoch = values.index(max(values))                     # first epoch reaching the maximum
+    ckpt = torch.load(Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoints" / "best.pt",
+                      weights_only=True)
+    assert ckpt["epoch"] == best_epoch and ckpt["value"] == pytest.approx(max(values))
+    assert run.data.metrics["best/epoch"] == best_epoch + 1
+    assert run.data.metrics["best/val/dice"] == pytest.approx(max(values))
+
+
+class _CountingSGD(torch.optim.SGD):
+    steps = 0
+
+    def step(self, closure=None):
+        type(self).steps += 1
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("accumulate,expected_steps", [(1, 5), (2, 3), (5, 1)])
+def test_gradient_accumulation_steps(accumulate, expected_steps):
+    from seg.train import train_epoch
+
+    torch.manual_seed(0)
+    data = [(torch.randn(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16))) for _ in range(5)]
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    _CountingSGD.steps = 0
+    opt = _CountingSGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss, seen = train_epoch(model, data, build(compose_cfg(["loss=bce"]).loss), opt, scaler, torch.device("cpu"),
+                             None, accumulate=accumulate, grad_clip=1.0)
+    assert _CountingSGD.steps == expected_steps and seen == 10 and loss > 0
