@@ -90,25 +90,62 @@ def test_paper_presets_forward_one_small_case(transunet_paper):
 # --- shapes and input checks -----------------------------------------------------------------
 
 
+# every model takes these: divisible by 16 (UNet depth 4, TransUNet's 1/16 ViT grid) and by 8
+# (ResUNet's 3 down-sampling steps); 96 is the cpu profile's size, 256 the paper profile's,
+# 224 TransUNet's published one.
+SIZES = [64, 96, 224, 256]
+# the divisor each architecture needs (cpu and paper presets alike) and how its message says why
+CONSTRAINT = {"unet": (16, r"2\*\*depth, depth=4"),
+              "resunet": (8, r"2\*\*\(len\(widths\)-1\), 3 stride-2 down-sampling steps"),
+              "transunet": (16, "the ViT runs on the 1/16 feature map")}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("num_classes", [1, 4])
 @pytest.mark.parametrize("in_channels", [1, 3])
-@pytest.mark.parametrize("size", [64, 96])
+@pytest.mark.parametrize("size", SIZES)
 def test_cpu_preset_output_shape(arch, num_classes, in_channels, size):
-    model = build(arch, "cpu", in_channels, num_classes, img_size=size)
+    assert size % CONSTRAINT[arch][0] == 0
+    model = build(arch, "cpu", in_channels, num_classes, img_size=size)   # train mode: BN batch stats
     out = model(torch.randn(2, in_channels, size, size))
     assert out.shape == (2, num_classes, size, size)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("arch, size, factor", [
-    ("unet", 72, 16), ("unet", 100, 16), ("transunet", 72, 16), ("transunet", 100, 16),
-    ("resunet", 100, 8), ("resunet", 60, 8),   # 4 widths = 3 down-sampling steps: 72 is fine
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cpu_preset_non_square_and_batch_one_in_eval(arch):
+    model = build(arch, "cpu", 3, 4, img_size=64).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 4, 64, 96)
+
+
+@pytest.mark.parametrize("arch, size", [
+    ("unet", 72), ("unet", 100), ("unet", 8), ("transunet", 72), ("transunet", 100),
+    ("resunet", 100), ("resunet", 60), ("resunet", 4),   # 3 down-sampling steps: 72 is fine
 ])
-def test_size_not_divisible_raises(arch, size, factor):
+def test_size_not_divisible_raises_naming_the_constraint(arch, size):
+    factor, why = CONSTRAINT[arch]
     model = build(arch, "cpu").eval()
-    with pytest.raises(ValueError, match=f"divisible by {factor}.*got {size}x{size}"):
+    with pytest.raises(ValueError, match=f"divisible by {factor} \\({why}\\); got {size}x{size}"):
         model(torch.randn(1, 1, size, size))
+    with pytest.raises(ValueError, match=f"divisible by {factor}.*got {4 * factor}x{size}"):
+        model(torch.randn(1, 1, 4 * factor, size))       # one bad side is enough
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_paper_preset_has_the_same_constraint(arch):
+    factor, why = CONSTRAINT[arch]
+    if arch == "transunet":   # checked at construction: the position-embedding grid is img_size/16
+        with pytest.raises(ValueError, match="img_size must be divisible by 16"):
+            build(arch, "paper", img_size=72)
+        return
+    with torch.no_grad(), pytest.raises(ValueError, match=f"divisible by {factor} \\({why}\\)"):
+        build(arch, "paper").eval()(torch.randn(1, 1, factor + 4, factor + 4))
+
+
+def test_input_must_be_4d():
+    with pytest.raises(ValueError, match=r"must be \(B, C, H, W\), got shape \(1, 64, 64\)"):
+        build("unet", "cpu")(torch.randn(1, 64, 64))
 
 
 def test_resunet_divisibility_follows_len_widths():
