@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from seg.metrics import assd, case_metrics, dice, empty_penalty, hausdorff, iou, structure_rows, summarize
+from seg.metrics import (assd, case_metrics, dice, empty_penalty, hausdorff, iou, structure_rows, summarize,
+                         surface_distances)
 
 
 def square(shape, r0, c0, size):
@@ -111,3 +112,103 @@ def test_multiclass_rows_skip_background():
     s = summarize(rows, ["rv", "myo", "lv"])
     assert s["dice_rv"] == 1 and s["dice_lv"] == 1 and math.isnan(s["dice_myo"]) and s["dice_myo_n"] == 0
     assert s["dice"] == 1.0                          # mean over structures with valid cases
+
+
+def random_masks(rng, shape, n):
+    """n random mask pairs: thresholded smoothed noise of varied smoothness and fill, touching the border."""
+    from scipy import ndimage
+    out = []
+    for _ in range(n):
+        pair = []
+        for _ in range(2):
+            noise = ndimage.gaussian_filter(rng.standard_normal(shape), rng.uniform(0.5, 4.0))
+            pair.append(noise > np.quantile(noise, rng.uniform(0.5, 0.995)))
+        out.append(tuple(pair))
+    return out
+
+
+# settings of seg.metrics forcing each exact distance method (and the scan's fallbacks)
+SCAN = {"_SCAN_DENSITY": 0.0, "_BRUTE_PAIRS": 0}
+METHODS = {
+    "k-d tree": {"_SCAN_DENSITY": math.inf, "_BRUTE_PAIRS": 0},
+    "all pairs": {"_SCAN_DENSITY": math.inf, "_BRUTE_PAIRS": 10 ** 9},
+    "scan": SCAN,
+    "scan, second round from the start": {**SCAN, "_SCAN_FIRST": 1},
+    "scan, short reach then k-d tree": {**SCAN, "_SCAN_OFFSETS": 6, "_EDT_COST": math.inf},
+    "scan, short reach then distance transform": {**SCAN, "_SCAN_OFFSETS": 6, "_EDT_COST": 0.0},
+    "distance transform": {**SCAN, "_SCAN_BUDGET": 0, "_EDT_COST": 0.0},
+}
+
+
+@pytest.mark.parametrize("shape,spacing", [((40, 48), (0.7, 1.3)), ((6, 30, 26), (10.0, 1.5, 1.5)),
+                                           ((12, 14, 16), (1.0, 1.0, 1.0)), ((30, 5), (0.5, 3.0))])
+def test_every_distance_method_gives_the_same_distances(shape, spacing, monkeypatch):
+    import seg.metrics as metrics
+    for pred, gt in random_masks(np.random.default_rng(1), shape, 15):
+        results = []
+        for settings in METHODS.values():
+            with monkeypatch.context() as m:
+                for name, value in settings.items():
+                    m.setattr(metrics, name, value)
+                results.append(metrics.surface_distances(pred, gt, spacing))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):    # same elements, same (raster) order
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
+
+
+def test_percentiles_are_numpys_exactly():
+    """HD95 (and any percentile) is the max of np.percentile over the two directed distance sets."""
+    for pred, gt in random_masks(np.random.default_rng(4), (30, 36), 20):
+        d = surface_distances(pred, gt, (0.7, 1.3))
+        for q in (0, 5, 50, 95, 99.5, 100, 100 / 3):
+            assert hausdorff(pred, gt, (0.7, 1.3), q) == max(np.percentile(d[0], q), np.percentile(d[1], q))
+        assert hausdorff(pred, gt, (0.7, 1.3)) == max(d[0].max(), d[1].max())
+
+
+def test_crop_is_exact_in_3d_and_at_the_border():
+    rng = np.random.default_rng(2)
+    for pred, gt in random_masks(rng, (5, 20, 24), 10):
+        big_p, big_g = np.zeros((9, 30, 30), bool), np.zeros((9, 30, 30), bool)
+        big_p[2:7, 3:23, 6:30], big_g[2:7, 3:23, 6:30] = pred, gt       # touches the last column's border
+        for percentile in (None, 95):
+            assert hausdorff(big_p, big_g, (10.0, 1.5, 1.5), percentile) == pytest.approx(
+                hausdorff(pred, gt, (10.0, 1.5, 1.5), percentile))
+        assert assd(big_p, big_g, (10.0, 1.5, 1.5)) == pytest.approx(assd(pred, gt, (10.0, 1.5, 1.5)))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32, np.uint64])
+@pytest.mark.parametrize("shape,spacing", [((40, 48), (0.7, 1.3)), ((6, 30, 26), (10.0, 1.5, 1.5))])
+def test_structure_rows_equal_case_metrics_per_structure(shape, spacing, dtype):
+    """All structures at once give what each structure's binary masks give on their own; labels
+    outside 1..len(class_names) (here 4 and 255: unscored) count as background of every structure."""
+    rng = np.random.default_rng(3)
+    names = ["rv", "myo", "lv"]
+    masks = random_masks(rng, shape, 10)
+    for i in range(0, 10, 5):
+        maps = []
+        for side in (0, 1):
+            lab = np.zeros(shape, dtype)
+            for k, pair in enumerate(masks[i:i + 5], start=1):
+                lab[pair[side]] = k if k <= 4 else 255
+            maps.append(lab)
+        pred, gt = maps
+        gt[gt == 2] = 0                                     # myo: an empty-gt structure in this case
+        rows = structure_rows("c", pred, gt, names, spacing)
+        for k, row in enumerate(rows, start=1):
+            p, g = pred == k, gt == k
+            assert row["structure"] == names[k - 1]
+            assert (row["gt_empty"], row["pred_empty"]) == (not g.any(), not p.any())
+            expected = case_metrics(p, g, spacing)
+            assert row["dice"] == expected["dice"] or math.isnan(row["dice"]) and math.isnan(expected["dice"])
+            assert row["iou"] == expected["iou"] or math.isnan(row["iou"]) and math.isnan(expected["iou"])
+            for key in ("hd", "hd95", "assd"):
+                assert row[key] == pytest.approx(expected[key], abs=1e-9, nan_ok=True)
+        no_distances = structure_rows("c", pred, gt, names, spacing, distances=False)
+        assert [set(r) for r in no_distances] == [{"case_id", "structure", "gt_empty", "pred_empty", "dice", "iou"}] * 3
+
+
+def test_structure_rows_bad_input_is_named():
+    with pytest.raises(ValueError, match="same shape"):
+        structure_rows("c", np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8), ["a"])
+    with pytest.raises(ValueError, match="spacing"):
+        structure_rows("c", square((8, 8), 1, 1, 2), square((8, 8), 2, 2, 2), ["a"], spacing=(1.0,))
