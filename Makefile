@@ -8,7 +8,7 @@ ARGS   ?=
 SWEEP  := model=unet,resunet,transunet loss=bce,focal,dice
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep test test-all ui clean
+.PHONY: help install run sweep test test-all ui summary bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -36,6 +36,12 @@ test-all: $(STAMP)  ## every test, the slow end-to-end ones included
 
 ui: $(STAMP)  ## MLflow UI on 127.0.0.1 (PORT=5000 by default)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+summary: $(STAMP)  ## layers, parameters and FLOPs of a model (ARGS='model=transunet profile=paper')
+	$(PY) -m seg.models.summary $(ARGS)
+
+bench: $(STAMP)  ## benchmarks under benchmarks/ (results in outputs/bench/)
+	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
 
 clean:  ## remove outputs/, mlruns/ and caches (keeps .venv)
 	rm -rf outputs mlruns multirun .pytest_cache

@@ -35,6 +35,9 @@ from seg.viz import write_overlay
 log = logging.getLogger(__name__)
 
 
+MONITORS = ("val/dice", "val/iou")
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf: the run stops and is recorded FAILED."""
 
@@ -235,6 +238,10 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     tracker.log_metrics({"model/params": n_params})
 
     t = cfg.trainer
+    if t.monitor not in MONITORS:
+        raise ValueError(f"trainer.monitor={t.monitor!r}; allowed values: {', '.join(MONITORS)} (higher is better)")
+    if t.accumulate < 1:
+        raise ValueError(f"trainer.accumulate={t.accumulate}; expected an integer >= 1")
     generator = torch.Generator().manual_seed(int(cfg.seed))
     loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers,
                         generator=generator, drop_last=len(data.train) > t.batch_size,

@@ -99,6 +99,12 @@ def test_missing_dataset_root_names_path_and_layout(tmp_path, phantom_cache):
     assert run.info.status == "FAILED" and str(missing) in run.data.tags["failure_reason"]
 
 
+def test_unknown_monitor_is_refused_with_the_allowed_values(tmp_path, phantom_cache):
+    proc = _run(["trainer.monitor=val/loss", *TINY], tmp_path, phantom_cache)
+    assert proc.returncode != 0
+    assert "trainer.monitor='val/loss'" in proc.stderr and "val/dice, val/iou" in proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_phantom_tasks_are_not_trivial_after_one_epoch(tmp_path, phantom_cache, task):
