@@ -5,10 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 5000
 ARGS   ?=
+DATASET ?= covid_infection
+ROOT   ?=
 SWEEP  := model=unet,resunet,transunet loss=bce,focal,dice
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep test test-all ui summary bench clean
+.PHONY: help install run sweep test test-all ui summary bench report check-data predict clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -42,6 +44,15 @@ summary: $(STAMP)  ## layers, parameters and FLOPs of a model (ARGS='model=trans
 
 bench: $(STAMP)  ## benchmarks under benchmarks/ (results in outputs/bench/)
 	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+
+report: $(STAMP)  ## architecture x loss report from MLflow into outputs/report/ (ARGS='--experiment phantom_xray')
+	$(PY) -m seg.report $(ARGS)
+
+check-data: $(STAMP)  ## validate a dataset tree: make check-data DATASET=acdc ROOT=/path/to/ACDC
+	$(PY) -m seg.data.check $(DATASET) $(ROOT) $(ARGS)
+
+predict: $(STAMP)  ## segment images with a run or checkpoint: make predict ARGS='MODEL INPUT... --out DIR'
+	$(PY) -m seg.predict $(ARGS)
 
 clean:  ## remove outputs/, mlruns/ and caches (keeps .venv)
 	rm -rf outputs mlruns multirun .pytest_cache
