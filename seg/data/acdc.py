@@ -28,7 +28,8 @@ import numpy as np
 
 from seg.data.base import Case, SegData
 from seg.data.phantom import write_acdc
-from seg.data.transforms import PairedDataset, apply_image, build_transforms
+from seg.data.layout import resolve_root
+from seg.data.transforms import PairedDataset, apply_image, transforms_pair
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,12 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
     if not path.is_file():
         raise FileNotFoundError(f"NIfTI file not found: {path}")
     try:
-        return nib.load(path)
+        img = nib.load(path)
     except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib/gzip errors)
         raise ValueError(f"corrupt or unreadable NIfTI file {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ValueError(f"{path} is a {type(img).__name__}, not a NIfTI-1/2 image")
+    return img
 
 
 def nifti_shape(path: str | Path) -> tuple[int, ...]:
@@ -182,14 +186,7 @@ def read_info(path: str | Path) -> dict[str, str]:
 
 
 def _resolve_root(root: Path) -> Path:
-    root = Path(root).expanduser()
-    candidates = [root] if root.name == TOP else [root / TOP, root]
-    for cand in candidates:
-        if (cand / "training").is_dir():
-            return cand
-    missing = " and ".join(str(c / "training") for c in candidates)
-    where = "does not exist" if not root.exists() else f"is not in the expected layout (missing {missing})"
-    raise FileNotFoundError(f"ACDC database not found: {root} {where}.\nExpected layout:\n{LAYOUT}")
+    return resolve_root(root, TOP, ["training"], LAYOUT, "ACDC database")
 
 
 def _patients(folder: Path) -> list[Patient]:
@@ -263,6 +260,8 @@ def _load_phase(patient: Patient, phase: str, lut: np.ndarray) -> tuple[Volume, 
     image, gt = read_nifti(image_path), read_nifti(gt_path)
     if image.array.ndim != 3:
         raise ValueError(f"{image_path}: expected a 3D frame (x, y, z), got {image.array.ndim}D")
+    if np.issubdtype(image.array.dtype, np.floating) and not np.isfinite(image.array).all():
+        raise ValueError(f"{image_path}: image holds NaN or infinite values")
     if image.array.shape != gt.array.shape:
         raise ValueError(f"{image_path} has shape {image.array.shape[::-1]} (x, y, z) but its ground "
                          f"truth {gt_path} has {gt.array.shape[::-1]}")
@@ -331,7 +330,8 @@ class AcdcCases(Sequence):
 
 
 def acdc(root: str | None, image_size: int, seed: int = 0, phantom_dir: str | None = None,
-         augment: bool = True, val_fraction: float = 0.2, labels: Sequence[int] | None = None) -> SegData:
+         augment: bool = True, val_fraction: float = 0.2, labels: Sequence[int] | None = None,
+         transforms: dict | None = None) -> SegData:
     """ACDC short-axis cine MRI, ED + ES frames -> SegData.
 
     root: the `database` folder or its parent; None = the embedded phantom, written once into
@@ -342,6 +342,7 @@ def acdc(root: str | None, image_size: int, seed: int = 0, phantom_dir: str | No
           at least one overall). Without testing/, the same share is first held out as test set.
     labels: None = all structures, classes 0 bg, 1 RV, 2 myo, 3 LV, class_names ["rv", "myo", "lv"];
           else the ACDC values to keep, in order, e.g. [3] -> binary LV (class_names ["lv"]).
+    transforms: `seg.data.transforms.build_transforms` options (normalize, hflip, elastic, ...).
 
     train: slices (image float32 (1, S, S), mask int64 (S, S)); each slice is min-max scaled to
     [0, 1], augmented (if augment), resized, then z-scored per slice.
@@ -353,7 +354,7 @@ def acdc(root: str | None, image_size: int, seed: int = 0, phantom_dir: str | No
     if root is None:
         if phantom_dir is None:
             raise ValueError("acdc: root and phantom_dir are both None; give root (an ACDC "
-                             "database) or phantom_dir (where the phantom is written)")
+                             "database, dataset.root=...) or phantom_dir (where the phantom is written)")
         root = write_acdc(phantom_dir)
     base = _resolve_root(Path(root))
     training = _patients(base / "training")
@@ -368,8 +369,8 @@ def acdc(root: str | None, image_size: int, seed: int = 0, phantom_dir: str | No
                  base, 100 * val_fraction)
         training, test = _holdout(training, val_fraction, rng, "test")
     train, val = _holdout(training, val_fraction, rng, "validation")
-    evaluate = build_transforms(image_size, train=False)
-    train_set = AcdcTrain(train, lut, build_transforms(image_size, train=augment, seed=seed))
+    train_tf, evaluate = transforms_pair(image_size, augment, seed, transforms)
+    train_set = AcdcTrain(train, lut, train_tf)
     data = SegData(
         train=train_set,
         val=AcdcCases(val, lut, evaluate),

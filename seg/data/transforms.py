@@ -21,32 +21,103 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 
-def build_transforms(image_size: int, train: bool, seed: int | None = None) -> A.Compose:
-    """(image (H, W), mask (H, W)) -> (image float32 (S, S) z-scored, mask uint8 (S, S)), S = image_size.
+NORMALIZATIONS = ("zscore", "fixed", "window")
 
-    train=True: Resize, HorizontalFlip, Affine (rotate +-15 deg, scale 0.9-1.1, shift +-5 %),
-    RandomBrightnessContrast, RandomGamma, GaussNoise; train=False: Resize only. Both end with a per-image
-    z-score. seed makes the random stream reproducible (one generator shared by all steps).
+
+def build_transforms(image_size: int, train: bool, seed: int | None = None, normalize: str = "zscore",
+                     mean: float | None = None, std: float | None = None, hflip: float = 0.5,
+                     vflip: float = 0.0, rotate: float = 15.0, scale: float = 0.1, shift: float = 0.05,
+                     brightness_contrast: float = 0.15, gamma: bool = True, noise: bool = True,
+                     elastic: float = 0.0) -> A.Compose:
+    """(image (H, W), mask (H, W)) -> (image float32 (S, S), mask uint8 (S, S)), S = image_size.
+
+    train=True: Resize, HorizontalFlip (p=hflip), VerticalFlip (p=vflip), Affine (rotate +-rotate
+    deg, scale 1 +- scale, shift +- shift of the side; p 0.7), RandomBrightnessContrast (limits
+    +-brightness_contrast, p 0.5), RandomGamma (if gamma), GaussNoise (if noise), ElasticTransform
+    (p=elastic; 0 = off); train=False: Resize only. A step whose strength is 0 is left out.
+    normalize, the last step: "zscore" per image (mean 0, std 1, clipped to +-20; a constant image
+    becomes zeros); "fixed" (x - mean) / std with x in [0, 1] (uint8 images divided by 255);
+    "window" keeps x in [0, 1] (the image is already windowed: CT window or 8-bit export).
+    seed makes the random stream reproducible (one generator shared by all steps).
+    The defaults are the pipeline every dataset used before these options existed.
     """
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
         raise ValueError(f"image_size={image_size!r}; expected an int >= 8 (pixels per side)")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize={normalize!r}; expected one of {', '.join(NORMALIZATIONS)}")
+    if normalize == "fixed" and (mean is None or std is None or not std > 0):
+        raise ValueError(f"normalize='fixed' needs mean and a positive std (on the [0, 1] scale), "
+                         f"got mean={mean!r}, std={std!r}")
+    for name, p in (("hflip", hflip), ("vflip", vflip), ("elastic", elastic)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name}={p!r}; expected a probability in [0, 1]")
     resize = A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
                       mask_interpolation=cv2.INTER_NEAREST_EXACT)
     steps: list[Any] = [resize]
     if train:
-        steps += [
-            A.HorizontalFlip(p=0.5),
-            A.Affine(rotate=(-15, 15), scale=(0.9, 1.1), translate_percent=(-0.05, 0.05),
-                     interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                     border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7),
-            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
-            A.RandomGamma(gamma_limit=(80, 125), p=0.3),   # non-linear: survives the z-score
-            A.GaussNoise(std_range=(0.01, 0.04), p=0.3),
-        ]
-    steps.append(A.Normalize(normalization="image", p=1.0))
+        if hflip:
+            steps.append(A.HorizontalFlip(p=hflip))
+        if vflip:
+            steps.append(A.VerticalFlip(p=vflip))
+        if rotate or scale or shift:
+            steps.append(A.Affine(rotate=(-rotate, rotate), scale=(1 - scale, 1 + scale),
+                                  translate_percent=(-shift, shift),
+                                  interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7))
+        if brightness_contrast:
+            steps.append(A.RandomBrightnessContrast(brightness_limit=brightness_contrast,
+                                                    contrast_limit=brightness_contrast, p=0.5))
+        if gamma:
+            steps.append(A.RandomGamma(gamma_limit=(80, 125), p=0.3))   # non-linear: survives the z-score
+        if noise:
+            steps.append(A.GaussNoise(std_range=(0.01, 0.04), p=0.3))
+        if elastic:
+            steps.append(A.ElasticTransform(alpha=image_size * 0.5, sigma=image_size * 0.05,
+                                            interpolation=cv2.INTER_LINEAR,
+                                            mask_interpolation=cv2.INTER_NEAREST,
+                                            border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=elastic))
+    if normalize == "zscore":
+        steps.append(A.Normalize(normalization="image", p=1.0))
+    elif normalize == "fixed":
+        steps.append(FixedNormalize(float(mean), float(std)))
+    else:
+        steps.append(FixedNormalize(0.0, 1.0))
     compose = A.Compose(steps, seed=seed)
     reseed(compose, seed)
     return compose
+
+
+class FixedNormalize(A.ImageOnlyTransform):
+    """image -> float32 (x - mean) / std, x in [0, 1] (uint8 images are divided by 255 first)."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, p: float = 1.0):
+        super().__init__(p=p)
+        self.mean, self.std = float(mean), float(std)
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        x = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+        return (x - np.float32(self.mean)) / np.float32(self.std)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("mean", "std")
+
+
+def transforms_pair(image_size: int, augment: bool, seed: int, spec: dict | None = None
+                    ) -> tuple[A.Compose, A.Compose]:
+    """-> (train, eval) transforms from a config's `transforms` mapping (build_transforms keywords).
+
+    augment=False makes the train transform the eval one (resize + normalisation) with its seed.
+    """
+    spec = dict(spec or {})
+    unknown = set(spec) - set(_SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"unknown transforms option(s) {sorted(unknown)}; allowed: {', '.join(_SPEC_KEYS)}")
+    return (build_transforms(image_size, train=augment, seed=seed, **spec),
+            build_transforms(image_size, train=False, **spec))
+
+
+_SPEC_KEYS = ("normalize", "mean", "std", "hflip", "vflip", "rotate", "scale", "shift",
+              "brightness_contrast", "gamma", "noise", "elastic")
 
 
 def reseed(compose: A.Compose, seed: int | None) -> None:

@@ -55,3 +55,27 @@ def acdc_copy(acdc_root, tmp_path):
                     (root / part / pid).symlink_to(src, target_is_directory=True)
         return root
     return make
+
+
+@pytest.fixture(scope="session")
+def lung_root(phantom_dir) -> Path:
+    """<phantom_dir>/covid_qu_ex_lung-v1/Lung Segmentation Data (read only)."""
+    from seg.data.phantom import write_covid_lung
+
+    return write_covid_lung(phantom_dir)
+
+
+@pytest.fixture(scope="session")
+def radiography_root(phantom_dir) -> Path:
+    """<phantom_dir>/covid_radiography-v1/COVID-19_Radiography_Dataset (read only)."""
+    from seg.data.phantom import write_covid_radiography
+
+    return write_covid_radiography(phantom_dir)
+
+
+@pytest.fixture(scope="session")
+def ct_root(phantom_dir) -> Path:
+    """<phantom_dir>/ct_heart-v1/ct_heart (read only: copy before editing)."""
+    from seg.data.phantom import write_ct_heart
+
+    return write_ct_heart(phantom_dir)

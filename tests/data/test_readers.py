@@ -314,11 +314,16 @@ def test_corrupt_png_names_the_file(covid_copy):
         covid_infection(str(covid_copy.parent), S)
     garbage.write_bytes((images.parent / "lung masks" / garbage.name).read_bytes())   # repair
     truncated = sorted((covid_copy / "Test" / "COVID-19" / "infection masks").iterdir())[1]
-    truncated.write_bytes(truncated.read_bytes()[:200])   # header intact, data cut
-    data = covid_infection(str(covid_copy.parent), S)
-    index = data.split["test"].index(f"Test/COVID-19/{truncated.name}")
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[:200])   # header intact, data cut: named up front (no IEND chunk)
+    with pytest.raises(ValueError, match=re.escape(str(truncated)) + ".*truncated|truncated.*" + re.escape(str(truncated))):
+        covid_infection(str(covid_copy.parent), S)
+    # a file whose end survived but whose data is corrupt is named when it is read
+    truncated.write_bytes(data[:60] + b"\0" * (len(data) - 72) + data[-12:])
+    covid = covid_infection(str(covid_copy.parent), S)
+    index = covid.split["test"].index(f"Test/COVID-19/{truncated.name}")
     with pytest.raises(ValueError, match=re.escape(str(truncated))):
-        data.test[index]
+        covid.test[index]
 
 
 def test_image_without_mask_names_the_image(covid_copy):

@@ -1,0 +1,100 @@
+"""COVID-19 Radiography Database reader (PNG chest radiographs with lung masks).
+
+Layout of the real download (Kaggle "COVID-19 Radiography Database", and of the phantom
+`seg.data.phantom.write_covid_radiography`):
+
+    COVID-19_Radiography_Dataset/               (root may be this folder or its parent)
+        COVID/ Normal/ Lung_Opacity/ Viral Pneumonia/
+            images/<class>-N.png               299x299 grayscale radiographs
+            masks/<class>-N.png                256x256 lung masks 0/255, same file name
+        *.metadata.xlsx, README.md.txt         (not read)
+
+Images and masks differ in size as published: each image is first resized to its mask's size
+(INTER_AREA), so the label is scored at the mask's own 256x256 resolution; then both go through
+one albumentations call to the model size (masks nearest). There is no published split: images
+are split into train/val/test by `seed`, stratified by class, and the split is saved with the run.
+Bad input as in `seg.data.covid` (missing masks, truncated PNG, non-binary mask values: errors
+naming the files).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from seg.data.base import SegData
+from seg.data.covid import CovidCases, CovidTrain, _Item
+from seg.data.layout import natural_key, png_size, resolve_root, stratified_split
+from seg.data.phantom import write_covid_radiography
+from seg.data.transforms import transforms_pair
+
+log = logging.getLogger(__name__)
+
+TOP = "COVID-19_Radiography_Dataset"
+CLASSES = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
+LAYOUT = f"""\
+  {TOP}/                 (root may be this folder or its parent)
+    COVID/ Normal/ Lung_Opacity/ Viral Pneumonia/
+      images/*.png     299x299 grayscale chest radiographs
+      masks/*.png      256x256 lung masks 0/255, same file name as the image"""
+
+
+def list_items(base: Path, classes: Sequence[str], strict: bool = True) -> list[_Item]:
+    """All image/mask pairs of the given classes; FileNotFoundError listing images without masks."""
+    items, unpaired = [], []
+    for cls in classes:
+        names = sorted((p.name for p in (base / cls / "images").iterdir()
+                        if p.suffix.lower() == ".png" and not p.name.startswith(".")), key=natural_key)
+        for name in names:
+            image, mask = base / cls / "images" / name, base / cls / "masks" / name
+            if not mask.is_file():
+                unpaired.append(image)
+                continue
+            png_size(image), png_size(mask)           # header + IEND: truncated files named up front
+            items.append(_Item(f"{cls}/{name}", image, mask, cls, strict, resize_image=True))
+    if unpaired:
+        shown = "\n  ".join(str(p) for p in unpaired[:10])
+        more = f"\n  ... and {len(unpaired) - 10} more" if len(unpaired) > 10 else ""
+        raise FileNotFoundError(f"{len(unpaired)} image(s) without a mask of the same name in 'masks/':"
+                                f"\n  {shown}{more}")
+    return items
+
+
+def covid_radiography(root: str | None, image_size: int, seed: int = 0, phantom_dir: str | None = None,
+                      augment: bool = True, classes: Sequence[str] | None = None, val_fraction: float = 0.1,
+                      test_fraction: float = 0.1, transforms: dict | None = None,
+                      strict_masks: bool = True) -> SegData:
+    """COVID-19 Radiography Database, lung segmentation (binary) -> SegData.
+
+    root: COVID-19_Radiography_Dataset or its parent; None = the phantom written into phantom_dir.
+    classes: the class folders to use (default all four: COVID, Normal, Lung_Opacity, Viral Pneumonia).
+    val_fraction / test_fraction: shares per class held out for validation / test, by `seed`.
+    Other arguments as `seg.data.covid.covid_infection`. Cases: label uint8 (1, 256, 256) (the mask's
+    size), spacing (1.0, 1.0) pixels, meta {"category": class}; class_names ["lung"]; split: ids
+    "COVID/COVID-1.png" per split.
+    """
+    classes = tuple(CLASSES if classes is None else classes)
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown or not classes:
+        raise ValueError(f"classes={list(classes)!r}; expected a non-empty subset of {list(CLASSES)}")
+    if root is None:
+        if phantom_dir is None:
+            raise ValueError("covid_radiography: root and phantom_dir are both None; give root (the "
+                             f"'{TOP}' folder, dataset.root=...) or phantom_dir (where the phantom is written)")
+        root = write_covid_radiography(phantom_dir)
+    base = resolve_root(root, TOP, [f"{c}/{sub}" for c in classes for sub in ("images", "masks")], LAYOUT,
+                        "COVID-19 Radiography Database")
+    items = list_items(base, classes, strict_masks)
+    if not items:
+        raise FileNotFoundError(f"no *.png images under {base}.\nExpected layout:\n{LAYOUT}")
+    by_id = {it.case_id: it for it in items}
+    split = stratified_split(list(by_id), [it.category for it in items], val_fraction, test_fraction, seed,
+                             "COVID-19 Radiography images")
+    parts = {k: [by_id[i] for i in ids] for k, ids in split.items()}
+    log.info("COVID-19 Radiography %s: %s", base, "; ".join(
+        f"{k} {len(v)} ({', '.join(f'{c} {n}' for c, n in sorted(Counter(i.category for i in v).items()))})"
+        for k, v in parts.items()))
+    train_tf, eval_tf = transforms_pair(image_size, augment, seed, transforms)
+    return SegData(train=CovidTrain(parts["train"], train_tf), val=CovidCases(parts["val"], eval_tf),
+                   test=CovidCases(parts["test"], eval_tf), class_names=["lung"], split=split)
