@@ -7,7 +7,7 @@ PORT   ?= 5000
 ARGS   ?=
 DATASET ?= covid_infection
 ROOT   ?=
-SWEEP  := model=unet,resunet,transunet loss=bce,focal,dice
+SWEEP  := experiment=phantom_covid_arch_x_loss
 
 .DEFAULT_GOAL := help
 .PHONY: help install run sweep test test-all ui summary bench report check-data predict clean
@@ -49,7 +49,7 @@ report: $(STAMP)  ## architecture x loss report from MLflow into outputs/report/
 	$(PY) -m seg.report $(ARGS)
 
 check-data: $(STAMP)  ## validate a dataset tree: make check-data DATASET=acdc ROOT=/path/to/ACDC
-	$(PY) -m seg.data.check $(DATASET) $(ROOT) $(ARGS)
+	$(PY) -m seg.data.check $(DATASET) "$(ROOT)" $(ARGS)
 
 predict: $(STAMP)  ## segment images with a run or checkpoint: make predict ARGS='MODEL INPUT... --out DIR'
 	$(PY) -m seg.predict $(ARGS)

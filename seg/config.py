@@ -4,6 +4,7 @@ Paths resolve from the project root, never from the working directory (Hydra doe
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -17,6 +18,18 @@ META_KEYS = ("name", "size")
 
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def cpu_share(n_jobs: int) -> int:
+    """Torch threads per job when n_jobs run at once on this machine: its cores split evenly, at least 1."""
+    n_jobs = int(n_jobs)
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs={n_jobs}; expected an integer >= 1")
+    return max(1, (os.cpu_count() or 1) // n_jobs)
+
+
+if not OmegaConf.has_resolver("cpu_share"):
+    OmegaConf.register_new_resolver("cpu_share", cpu_share)
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:

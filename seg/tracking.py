@@ -27,8 +27,33 @@ MAX_PARAM_LEN = 6000            # MLflow's limit on a param value
 BATCH = {"params": 100, "metrics": 1000, "tags": 100}
 
 
+PARENT_TAG = "segsweep.parent"     # "true" on the parent run of a sweep (not a configuration)
+
+
 def default_uri() -> str:
     return f"sqlite:///{DEFAULT_DB}"
+
+
+_READY: set[str] = set()
+
+
+def _ensure_store(uri: str) -> None:
+    """Create a local sqlite store once, under a file lock: MLflow creates and migrates the schema on the
+    first connection, and jobs of a parallel sweep that do it at the same moment collide
+    ("table ... already exists"). Other stores (a tracking server) need nothing."""
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY.add(uri)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -52,15 +77,24 @@ class Tracker:
     (tag `failure_reason`, artifact `traceback.txt`), KeyboardInterrupt ends it KILLED; else FINISHED.
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, Any]):
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, Any],
+                 run_id: str | None = None):
+        """A new run, or with run_id an existing one (FAILED / KILLED) reopened as RUNNING to be resumed:
+        its tags are updated and its failure reason dropped; its metric history continues."""
+        _ensure_store(uri)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={k: str(v) for k, v in tags.items()})
-        self.run_id = run.info.run_id
+        tags = {k: str(v) for k, v in tags.items()}
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            if "failure_reason" in self.client.get_run(run_id).data.tags:
+                self.client.delete_tag(run_id, "failure_reason")
+            self.set_tags(tags)
         self.status = "RUNNING"
 
     def __enter__(self) -> "Tracker":
@@ -70,7 +104,7 @@ class Tracker:
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.set_tags({"failure_reason": "interrupted (KeyboardInterrupt)"})
+            self.set_tags({"failure_reason": f"interrupted: {exc or 'KeyboardInterrupt'}"})
             self.end("KILLED")
         else:
             reason = f"{exc_type.__name__}: {exc}"
@@ -121,3 +155,99 @@ def search_runs(uri: str, experiment: str, filter_string: str = "") -> list:
     if exp is None:
         return []
     return list(client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=10000))
+
+
+def runs_with_hash(uri: str, experiment: str, config_hash: str) -> list:
+    """Active (not deleted) runs of one configuration, newest first."""
+    _ensure_store(uri)
+    return search_runs(uri, experiment, f"tags.config_hash = '{config_hash}'")
+
+
+def sweep_parent(uri: str, experiment: str, sweep_id: str, sweep_dir: Path, info: Mapping[str, Any]) -> str:
+    """Run id of the parent run of sweep `sweep_id` in `experiment`, created by the first job that asks.
+
+    Jobs of one sweep may run in several processes or machines (joblib, submitit): a lock file in the
+    shared sweep dir makes exactly one of them create the parent; the others read its id from
+    `<sweep_dir>/.mlflow_parent_<experiment>`. The parent holds the sweep's command line and grid
+    (`info`, from seg.callbacks) as tags and params; seg.callbacks sets its final status.
+    """
+    import fcntl
+
+    _ensure_store(uri)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    id_file = sweep_dir / f".mlflow_parent_{safe}"
+    with open(sweep_dir / ".mlflow_parent.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if id_file.exists():
+                return id_file.read_text().strip()
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = get_or_create_experiment(client, experiment, uri)
+            tags = {PARENT_TAG: "true", "sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
+                    "command": str(info.get("command", ""))[:5000]}
+            run = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags=tags)
+            grid = info.get("grid") or {}
+            params = [Param(f"grid.{k}", _param_value(v)) for k, v in grid.items()]
+            params.append(Param("sweep.overrides", _param_value(" ".join(info.get("overrides", [])) or "-")))
+            client.log_batch(run.info.run_id, params=params)
+            id_file.write_text(run.info.run_id)
+            return run.info.run_id
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def finish_sweep_parents(sweep_dir: Path, jobs: list[dict]) -> list[str]:
+    """Give every parent run of a sweep (one per experiment its jobs logged to) the table of its children
+    (artifact children.csv, counts as metrics) and a final status: FINISHED when every job finished or was
+    skipped as already finished, FAILED when any failed, KILLED when any was interrupted."""
+    import csv
+    import io
+
+    done = []
+    for id_file in sorted(sweep_dir.glob(".mlflow_parent_*")):
+        if id_file.name == ".mlflow_parent.lock":
+            continue
+        parent_id = id_file.read_text().strip()
+        mine = [j for j in jobs if j.get("parent_run_id") == parent_id]
+        uri = next((j["tracking_uri"] for j in mine if j.get("tracking_uri")), None)
+        if uri is None:
+            continue
+        client = MlflowClient(tracking_uri=uri)
+        statuses = [j["status"] for j in mine]
+        counts = {s: statuses.count(s) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED")}
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["job", "status", "run_id", "run_name", "overrides", "value",
+                                                 "reason"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(mine)
+        client.log_text(parent_id, buf.getvalue(), "children.csv")
+        now = int(time.time() * 1000)
+        client.log_batch(parent_id, metrics=[Metric(f"jobs/{k.lower()}", v, now, 0) for k, v in counts.items()]
+                         + [Metric("jobs/total", len(mine), now, 0)])
+        status = "KILLED" if counts["KILLED"] else "FAILED" if counts["FAILED"] else "FINISHED"
+        client.set_terminated(parent_id, status=status)
+        done.append(parent_id)
+    return done
+
+
+def kill_sweep_parent(uri: str, parent_run_id: str) -> None:
+    """Mark a sweep's parent run KILLED (the sweep was interrupted)."""
+    MlflowClient(tracking_uri=uri).set_terminated(parent_run_id, status="KILLED")
+
+
+def download_artifact(uri: str, run_id: str, artifact_path: str, dst_dir: str | Path) -> Path:
+    """Copy one artifact of a run into dst_dir (an existing folder) -> its local path.
+
+    LookupError if the run does not exist, FileNotFoundError if it has no such artifact.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise LookupError(f"MLflow run {run_id!r} not found at {uri} ({err.message.splitlines()[0]})") from None
+    try:
+        return Path(client.download_artifacts(run_id, artifact_path, str(dst_dir)))
+    except (mlflow.exceptions.MlflowException, OSError) as err:
+        raise FileNotFoundError(f"MLflow run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact "
+                                f"{artifact_path!r} at {run.info.artifact_uri}: {err}") from None

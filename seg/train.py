@@ -12,7 +12,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
+import shutil
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -29,13 +32,16 @@ from tqdm import tqdm
 from seg.config import build, flatten
 from seg.data.base import Case
 from seg.metrics import structure_rows, summarize
-from seg.tracking import Tracker
+from seg.tracking import Tracker, kill_sweep_parent, runs_with_hash, sweep_parent
 from seg.viz import write_overlay
 
 log = logging.getLogger(__name__)
 
 
 MONITORS = ("val/dice", "val/iou")
+# top-level config keys that do not change what a run computes (see config_hash)
+HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "hydra", "resume", "debug", "n_jobs", "slurm",
+                 "seeds", "class_weights")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,8 +83,9 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 def config_hash(resolved: dict, replace: Sequence[str]) -> str:
-    """Hash of the settings that define a run's result (no paths, tracking or device), machine independent."""
-    keep = {k: v for k, v in resolved.items() if k not in ("paths", "tracking", "device", "threads", "hydra")}
+    """Hash of the settings that define a run's result, machine independent: not the paths, tracking,
+    device, threads, nor the sweep mechanics (resume, debug, launcher settings, seeds: each seed is a run)."""
+    keep = {k: v for k, v in resolved.items() if k not in HASH_EXCLUDED}
     text = json.dumps(keep, sort_keys=True, default=str)
     for i, path in enumerate(replace):
         text = text.replace(path, f"<path{i}>")
@@ -95,11 +102,12 @@ def hydra_context(cfg: DictConfig) -> dict:
         multirun = hc.mode == RunMode.MULTIRUN
         return {"output_dir": Path(hc.runtime.output_dir), "multirun": multirun,
                 "sweep_id": Path(hc.sweep.dir).name if multirun else "none",
+                "sweep_dir": Path(hc.sweep.dir) if multirun else None,
                 "overrides": " ".join(hc.overrides.task)}
     except ValueError:  # not under @hydra.main (tests, notebooks)
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         return {"output_dir": Path(cfg.paths.output) / "runs" / f"{stamp}_{cfg.tracking.run_name}",
-                "multirun": False, "sweep_id": "none", "overrides": ""}
+                "multirun": False, "sweep_id": "none", "sweep_dir": None, "overrides": ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,30 +183,74 @@ def evaluate(model, cases: Sequence[Case], class_names: Sequence[str], device, d
 # run
 
 
-# output dir -> "ExceptionType: message" of runs of this process that failed (read by seg.callbacks)
-FAILURES: dict[str, str] = {}
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a cluster pre-empting the job, `kill`) handled like Ctrl-C: the run ends KILLED."""
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted("SIGTERM")
 
 
 def run(cfg: DictConfig) -> float:
     """Train one configuration, log it to MLflow, return the best monitored validation value.
 
-    A failure is recorded in MLflow (FAILED run, `failure_reason` tag, traceback.txt). A single run
-    re-raises it; in a multirun the job returns NaN so the sweep goes on, and seg.callbacks.SweepSummary
-    lists the failures and exits non-zero at the end.
+    With resume=true (default) a configuration that already has a FINISHED run with the same
+    config_hash is skipped (its value returned), and a FAILED / KILLED one is reopened and continued
+    from its last checkpoint. A failure is recorded in MLflow (FAILED run, `failure_reason` tag,
+    traceback.txt). A single run re-raises it; in a multirun the job returns NaN so the sweep goes on.
+    Ctrl-C or SIGTERM ends the run KILLED (its last completed epoch is checkpointed) and stops.
+    Every job leaves `job_status.json` in its output dir: seg.callbacks.SweepSummary reads them.
     """
     ctx = hydra_context(cfg)
+    job = {"status": "RUNNING", "run_name": str(cfg.tracking.run_name), "overrides": ctx["overrides"],
+           "tracking_uri": str(cfg.tracking.uri)}
+    ctx["job"] = job
     try:
-        return _run(cfg, ctx)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        value = _run(cfg, ctx)
+        job.update(status=job.get("outcome", "FINISHED"), value=value)
+        return value
+    except KeyboardInterrupt as exc:
+        job.update(status="KILLED", reason=f"interrupted: {exc or 'KeyboardInterrupt'}")
+        if job.get("parent_run_id"):
+            kill_sweep_parent(job["tracking_uri"], job["parent_run_id"])
+        raise
     except Exception as exc:
+        job.update(status="FAILED", reason=f"{type(exc).__name__}: {exc}")
         if not ctx["multirun"]:
             raise
-        FAILURES[str(ctx["output_dir"])] = f"{type(exc).__name__}: {exc}"
         log.exception("run %s FAILED (the sweep continues)", cfg.tracking.run_name)
         return math.nan
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        _write_job_status(ctx["output_dir"], job)
+
+
+def _write_job_status(out_dir: Path, job: dict) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "job_status.json").write_text(json.dumps(job, indent=1, default=str))
+    except OSError as exc:  # never hide the run's own outcome
+        log.warning("could not write %s: %s", out_dir / "job_status.json", exc)
+
+
+def _previous_runs(cfg: DictConfig, chash: str) -> tuple[object | None, object | None]:
+    """(a FINISHED run of this configuration, else the newest FAILED / KILLED / RUNNING one) in MLflow."""
+    runs = runs_with_hash(cfg.tracking.uri, cfg.tracking.experiment, chash)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    if finished:
+        return finished[0], None
+    unfinished = [r for r in runs if r.info.status in ("FAILED", "KILLED", "RUNNING")]
+    return None, (unfinished[0] if unfinished else None)
 
 
 def _run(cfg: DictConfig, ctx: dict) -> float:
     out_dir: Path = ctx["output_dir"]
+    job = ctx["job"]
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -207,21 +259,51 @@ def _run(cfg: DictConfig, ctx: dict) -> float:
     dtype = amp_dtype(cfg.amp, device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(resolved, [cfg.paths.cache, cfg.paths.root])
+    job["config_hash"] = chash
+
+    done, unfinished = _previous_runs(cfg, chash) if cfg.resume else (None, None)
+    if done is not None:
+        value = done.data.metrics.get(f"best/{cfg.trainer.monitor}", math.nan)
+        log.info("skipped %s: already FINISHED as MLflow run %s (config_hash %s); resume=false trains it again",
+                 cfg.tracking.run_name, done.info.run_id, chash)
+        job.update(outcome="SKIPPED", run_id=done.info.run_id,
+                   reason=f"already FINISHED as run {done.info.run_id} (sweep {done.data.tags.get('sweep_id', '?')})")
+        return float(value)
+
     tags = {"model": cfg.model.name, "loss": cfg.loss.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
             "sweep_id": ctx["sweep_id"], "config_hash": chash, "profile": cfg.profile.name,
             "overrides": ctx["overrides"], "output_dir": str(out_dir)}
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name, tags)
+    if ctx["multirun"]:
+        info_file = ctx["sweep_dir"] / "sweep.json"
+        info = json.loads(info_file.read_text()) if info_file.exists() else {}
+        job["parent_run_id"] = sweep_parent(cfg.tracking.uri, cfg.tracking.experiment, ctx["sweep_id"],
+                                            ctx["sweep_dir"], info)
+        tags["mlflow.parentRunId"] = job["parent_run_id"]
+    resume_from = None
+    if unfinished is not None:
+        tags["resumed"] = int(unfinished.data.tags.get("resumed", "0")) + 1
+        old_dir = unfinished.data.tags.get("output_dir")
+        resume_from = Path(old_dir) / "checkpoints" / "last.pt" if old_dir else None
+        log.info("resuming %s: MLflow run %s was %s; checkpoint %s", cfg.tracking.run_name,
+                 unfinished.info.run_id, unfinished.info.status, resume_from)
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name, tags,
+                      run_id=unfinished.info.run_id if unfinished is not None else None)
+    job["run_id"] = tracker.run_id
     log.info("MLflow run %s (%s) in experiment %s; output %s", tracker.run_id, cfg.tracking.run_name,
              cfg.tracking.experiment, out_dir)
     with tracker:
-        tracker.log_params(flatten(resolved))
+        params = flatten(resolved)
+        if unfinished is not None:  # params are immutable in MLflow: log only those the run lacks
+            params = {k: v for k, v in params.items() if k not in unfinished.data.params}
+        tracker.log_params(params)
         config_path = out_dir / "config.yaml"
         config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(config_path)
-        return _fit_and_test(cfg, tracker, out_dir, device, dtype, resolved)
+        return _fit_and_test(cfg, tracker, out_dir, device, dtype, resolved, resume_from)
 
 
-def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved: dict) -> float:
+def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved: dict,
+                  resume_from: Path | None = None) -> float:
     num_classes = int(cfg.dataset.num_classes)
     data = build(cfg.dataset.source, seed=cfg.seed)
     (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
@@ -249,9 +331,16 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
                         worker_init_fn=_seed_worker)
 
     best_path = out_dir / "checkpoints" / "best.pt"
+    last_path = out_dir / "checkpoints" / "last.pt"
     best_path.parent.mkdir(parents=True, exist_ok=True)
-    best, best_epoch, stale, train_time, images = -math.inf, -1, 0, 0.0, 0
-    for epoch in range(t.epochs):
+    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "stale": 0, "train_time": 0.0, "images": 0}
+    if resume_from is not None:
+        state = _load_last(resume_from, best_path, model, optimizer, scheduler, scaler, generator, state)
+        tracker.set_tags({"resumed_from_epoch": state["epoch"] + 1})
+    best, best_epoch, stale = state["best"], state["best_epoch"], state["stale"]
+    train_time, images = state["train_time"], state["images"]
+    stopped = t.early_stopping and stale >= t.early_stopping
+    for epoch in range(state["epoch"] + 1, 0 if stopped else t.epochs):
         start = time.perf_counter()
         train_loss, seen = train_epoch(model, loader, loss_fn, optimizer, scaler, device, dtype, t.accumulate,
                                        t.grad_clip, t.limit_train_batches, desc=f"epoch {epoch + 1}/{t.epochs}")
@@ -279,6 +368,13 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
                 scheduler.step(score if math.isfinite(score) else 0.0)
             else:
                 scheduler.step()
+        torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(), "generator": generator.get_state(),
+                    "rng": torch.get_rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                    "stale": stale, "train_time": train_time, "images": images}, last_path)
+        if cfg.debug.sigterm_after_epoch is not None and epoch + 1 == int(cfg.debug.sigterm_after_epoch):
+            os.kill(os.getpid(), signal.SIGTERM)
         if t.early_stopping and stale >= t.early_stopping:
             log.info("early stopping: no %s improvement for %d epochs", t.monitor, stale)
             break
@@ -304,7 +400,30 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
         tracker.log_artifact(png, "overlays")
     log.info("test: dice %.4f  iou %.4f  hd95 %.2f  (best epoch %d); run %s", test["dice"], test["iou"],
              test["hd95"], best_epoch + 1, tracker.run_id)
+    last_path.unlink(missing_ok=True)  # only needed to resume an unfinished run
     return float(best)
+
+
+def _load_last(path: Path, best_path: Path, model, optimizer, scheduler, scaler, generator, state: dict) -> dict:
+    """Restore the training state of an interrupted run from its last.pt (and copy its best.pt beside
+    this run's); returns the loop state. A missing checkpoint means the run restarts from epoch 1."""
+    if not path.is_file():
+        log.warning("no checkpoint to resume from at %s: training this configuration from the start", path)
+        return state
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt["scheduler"] is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    generator.set_state(ckpt["generator"])
+    torch.set_rng_state(ckpt["rng"])
+    old_best = path.parent / "best.pt"
+    if old_best.is_file() and old_best.resolve() != best_path.resolve():
+        shutil.copyfile(old_best, best_path)
+    log.info("resumed from %s after epoch %d (best %.4f at epoch %d)", path, ckpt["epoch"] + 1, ckpt["best"],
+             ckpt["best_epoch"] + 1)
+    return {k: ckpt[k] for k in state}
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -20,8 +20,13 @@ def choices(group: str) -> list[str]:
 
 def test_groups_hold_the_documented_choices():
     assert choices("model") == ["resunet", "transunet", "unet"]
-    assert choices("loss") == ["bce", "bce_dice", "dice", "dice_focal", "focal"]
-    assert {"phantom_cardiac", "phantom_xray"} <= set(choices("dataset"))
+    assert choices("loss") == ["bce", "bce_dice", "dice", "dice_focal", "focal", "wce"]
+    assert set(choices("dataset")) == {"acdc", "acdc_lv", "acdc_rv", "covid_infection", "covid_lung",
+                                       "covid_radiography", "ct_heart", "phantom_acdc_lv", "phantom_acdc_rv",
+                                       "phantom_cardiac", "phantom_ct_heart", "phantom_lung",
+                                       "phantom_radiography", "phantom_xray"}
+    assert choices("launcher") == ["joblib", "slurm", "submitit_local"]
+    assert choices("hparams") == ["optuna"]
     assert choices("optimizer") == ["adam", "adamw", "sgd"]
     assert choices("scheduler") == ["cosine", "none", "plateau", "poly"]
     assert choices("profile") == ["cpu", "paper"]

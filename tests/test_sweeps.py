@@ -1,0 +1,207 @@
+"""Sweeps: the experiment grids, resume (skip FINISHED, re-run deleted, continue KILLED from the last
+checkpoint), the parent run per sweep, and the parallel launchers (joblib, submitit) writing to one store."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from seg import PROJECT_ROOT
+from seg.config import cpu_share
+from seg.tracking import PARENT_TAG, search_runs
+from seg.train import HASH_EXCLUDED, config_hash
+from tests.conftest import compose_cfg
+
+TINY = ["profile.image_size=32", "profile.epochs=1", "trainer.limit_train_batches=2", "tracking.overlays=1"]
+
+# experiment -> (dataset of its first job, jobs in its grid with the default seeds)
+STUDIES = {
+    "covid_arch_x_loss": ("covid_infection", 27),
+    "covid_lung_arch_x_loss": ("covid_lung", 27),
+    "acdc_single_ventricle": ("acdc_lv", 18),
+    "acdc_multiclass": ("acdc", 27),
+    "ct_heart": ("ct_heart", 6),
+}
+
+
+def _grid(experiment: str, overrides: list[str] = ()) -> tuple:
+    """(composed config, list of job override lists) as Hydra's basic sweeper expands the experiment."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True)
+    parser = OverridesParser.create()
+    axes = [[f"{k}={v}" for v in parser.parse_override(f"{k}={v}").sweep_string_iterator()]
+            for k, v in cfg.hydra.sweeper.params.items()]
+    jobs = [[]]
+    for axis in axes:
+        jobs = [job + [value] for job in jobs for value in axis]
+    return cfg, jobs
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_every_study_has_a_phantom_twin_with_the_same_grid(study):
+    dataset, n_jobs = STUDIES[study]
+    cfg, jobs = _grid(study)
+    assert cfg.dataset.name == dataset and cfg.seeds == 3 and len(jobs) == n_jobs
+    twin, twin_jobs = _grid(f"phantom_{study}")
+    assert twin.seeds == 1 and len(twin_jobs) == n_jobs // 3
+    assert twin.dataset.name.startswith("phantom_")
+    # same models and losses as the real study; seeds= widens the twin like the real one
+    strip = lambda js: sorted({" ".join(o for o in j if not o.startswith(("seed=", "dataset="))) for j in js})
+    assert strip(jobs) == strip(twin_jobs)
+    assert len(_grid(f"phantom_{study}", ["seeds=3"])[1]) == n_jobs
+
+
+def test_ct_heart_study_trains_like_the_reference_project():
+    cfg, jobs = _grid("phantom_ct_heart")
+    assert cfg.optimizer.lr == 1e-4 and cfg.scheduler.factor == 0.1 and cfg.scheduler.patience == 10
+    assert cfg.trainer.early_stopping == 10 and cfg.trainer.accumulate == 4 and cfg.amp == "auto"
+    assert sorted(j[0] for j in jobs) == ["loss=bce_dice", "loss=dice"]
+
+
+def test_weighted_ce_of_the_acdc_study_takes_its_class_weights():
+    cfg, jobs = _grid("phantom_acdc_multiclass")
+    assert {j[1] for j in jobs} == {"loss=wce", "loss=dice", "loss=dice_focal"}
+    cfg = compose_cfg(["experiment=phantom_acdc_multiclass", "loss=wce"])
+    assert list(cfg.loss.class_weights) == [0.1, 1.0, 1.0, 1.0] and cfg.dataset.num_classes == 4
+    assert compose_cfg(["loss=wce"]).loss.class_weights is None
+
+
+def test_config_hash_ignores_sweep_mechanics_not_settings():
+    base = ["model=unet", "loss=dice"]
+    h = lambda o: config_hash(compose_cfg_resolved(base + o), [])
+    assert h([]) == h(["resume=false", "debug.sigterm_after_epoch=2", "threads=1", "device=cpu"])
+    assert h([]) != h(["seed=1"]) and h([]) != h(["optimizer.lr=0.01"]) and h([]) != h(["trainer.epochs=3"])
+    assert {"resume", "debug", "threads", "seeds"} <= set(HASH_EXCLUDED)
+
+
+def compose_cfg_resolved(overrides):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose_cfg(overrides), resolve=True)
+
+
+def test_joblib_launcher_splits_the_cores_between_jobs():
+    cores = os.cpu_count() or 1
+    assert cpu_share(1) == cores and cpu_share(2) == max(1, cores // 2) and cpu_share(10 * cores) == 1
+    with pytest.raises(ValueError, match="n_jobs=0"):
+        cpu_share(0)
+    cfg = compose_cfg(["launcher=joblib", "n_jobs=2"])
+    assert cfg.threads == max(1, cores // 2)
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+
+def _run(args: list[str], tmp_path: Path, phantom_cache: Path, sweep: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "SEGSWEEP_CACHE": str(phantom_cache)}
+    return subprocess.run([sys.executable, "run.py", "-m", *TINY, *args, f"hydra.sweep.dir={tmp_path}/{sweep}"],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _runs(tmp_path: Path, experiment: str = "phantom_xray") -> tuple[list, list]:
+    """(configuration runs, sweep parent runs) of an experiment, active ones only."""
+    runs = search_runs(f"sqlite:///{tmp_path}/mlflow.db", experiment)
+    return ([r for r in runs if r.data.tags.get(PARENT_TAG) != "true"],
+            [r for r in runs if r.data.tags.get(PARENT_TAG) == "true"])
+
+
+def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, phantom_cache):
+    args = ["model=unet", "loss=dice,bce"]
+    first = _run(args, tmp_path, phantom_cache, "s1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs, parents = _runs(tmp_path)
+    assert sorted(r.info.run_name for r in runs) == ["unet-bce-s0", "unet-dice-s0"]
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_id"] == "s1"
+    assert "model=unet" in parent.data.params["sweep.overrides"]
+    assert "loss=dice,bce" in parent.data.tags["command"] and parent.data.metrics["jobs/finished"] == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    children = Path(parent.info.artifact_uri.removeprefix("file://")) / "children.csv"
+    assert children.read_text().count("FINISHED") == 2
+
+    second = _run(args, tmp_path, phantom_cache, "s2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 of 2 jobs FINISHED, 2 SKIPPED" in second.stdout
+    assert "skipped unet-dice-s0: already FINISHED" in second.stdout
+    assert len(_runs(tmp_path)[0]) == 2
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    deleted = next(r for r in runs if r.info.run_name == "unet-bce-s0")
+    client.delete_run(deleted.info.run_id)
+    third = _run(args, tmp_path, phantom_cache, "s3")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "1 of 2 jobs FINISHED, 1 SKIPPED" in third.stdout
+    runs, _ = _runs(tmp_path)
+    assert sorted(r.info.run_name for r in runs) == ["unet-bce-s0", "unet-dice-s0"]
+    rerun = next(r for r in runs if r.info.run_name == "unet-bce-s0")
+    assert rerun.info.run_id != deleted.info.run_id and rerun.data.tags["sweep_id"] == "s3"
+    status = json.loads((tmp_path / "s3" / "0_unet-dice-s0" / "job_status.json").read_text())
+    assert status["status"] == "SKIPPED" and status["run_id"] in {r.info.run_id for r in runs}
+
+
+def test_sigterm_kills_the_run_and_the_rerun_continues_its_epochs(tmp_path, phantom_cache):
+    args = ["model=unet", "loss=dice", "profile.epochs=2"]
+    killed = _run([*args, "debug.sigterm_after_epoch=1"], tmp_path, phantom_cache, "s1")
+    assert killed.returncode != 0
+    (run,), (parent,) = _runs(tmp_path)
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["failure_reason"]
+    assert parent.info.status == "KILLED"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0]
+    assert (Path(run.data.tags["output_dir"]) / "checkpoints" / "last.pt").is_file()
+    status = json.loads((Path(run.data.tags["output_dir"]) / "job_status.json").read_text())
+    assert status["status"] == "KILLED"
+
+    resumed = _run(args, tmp_path, phantom_cache, "s2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (again,), parents = _runs(tmp_path)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert again.data.tags["resumed"] == "1" and again.data.tags["resumed_from_epoch"] == "1"
+    assert "failure_reason" not in again.data.tags and again.data.tags["sweep_id"] == "s2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1]
+    assert "test/dice" in again.data.metrics and again.data.metrics["best/epoch"] in (1, 2)
+    assert not (Path(again.data.tags["output_dir"]) / "checkpoints" / "last.pt").exists()
+    assert (Path(again.data.tags["output_dir"]) / "checkpoints" / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_resume_false_trains_a_finished_configuration_again(tmp_path, phantom_cache):
+    for sweep in ("s1", "s2"):
+        proc = _run(["model=unet", "loss=dice", "resume=false"], tmp_path, phantom_cache, sweep)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    runs, parents = _runs(tmp_path)
+    assert len(runs) == 2 and len(parents) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_phantom_study_runs_9_then_0_then_the_deleted_1(tmp_path, phantom_cache):
+    first = _run(["experiment=phantom_covid_arch_x_loss"], tmp_path, phantom_cache, "s1")
+    assert first.returncode == 0 and "9 of 9 jobs FINISHED" in first.stdout, first.stderr[-3000:]
+    second = _run(["experiment=phantom_covid_arch_x_loss"], tmp_path, phantom_cache, "s2")
+    assert "0 of 9 jobs FINISHED, 9 SKIPPED" in second.stdout
+    runs, _ = _runs(tmp_path)
+    MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").delete_run(runs[0].info.run_id)
+    third = _run(["experiment=phantom_covid_arch_x_loss"], tmp_path, phantom_cache, "s3")
+    assert "1 of 9 jobs FINISHED, 8 SKIPPED" in third.stdout
+    assert len(_runs(tmp_path)[0]) == 9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [["launcher=joblib", "n_jobs=2"], ["launcher=submitit_local"]])
+def test_parallel_launchers_lose_and_duplicate_nothing(tmp_path, phantom_cache, launcher):
+    proc = _run([*launcher, "model=unet,resunet", "loss=dice,bce"], tmp_path, phantom_cache, "s1")
+    assert proc.returncode == 0 and "4 of 4 jobs FINISHED" in proc.stdout, proc.stderr[-3000:]
+    runs, parents = _runs(tmp_path)
+    assert sorted(r.info.run_name for r in runs) == ["resunet-bce-s0", "resunet-dice-s0", "unet-bce-s0", "unet-dice-s0"]
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(parents) == 1
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+    assert parents[0].data.metrics["jobs/finished"] == 4
