@@ -42,8 +42,8 @@ ui: $(STAMP)  ## MLflow UI on 127.0.0.1 (PORT=5000 by default)
 summary: $(STAMP)  ## layers, parameters and FLOPs of a model (ARGS='model=transunet profile=paper')
 	$(PY) -m seg.models.summary $(ARGS)
 
-bench: $(STAMP)  ## benchmarks under benchmarks/ (results in outputs/bench/)
-	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+bench: $(STAMP)  ## speed vs the matmul ceiling and the peers -> outputs/bench/bench.md (ARGS='--threads 1' on a loaded machine)
+	$(PY) -m benchmarks.run $(ARGS)
 
 report: $(STAMP)  ## architecture x loss report from MLflow into outputs/report/ (ARGS='--experiment phantom_xray')
 	$(PY) -m seg.report $(ARGS)

@@ -1,0 +1,191 @@
+"""Smoke tests of the benchmark helpers (benchmarks/run.py): tiny inputs, no full benchmark, no speed asserted."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.run import (GOALS, LoopProbe, bench_loop_step, finalize_ceiling, loop_breakdown, matmul_gflops,
+                            main, nearest_width, parse_args, rate, ratios, train_flops, write_md)
+from seg.config import build
+from tests.conftest import compose_cfg
+
+
+def test_matmul_roofline_is_a_positive_rate():
+    gflops = matmul_gflops(64, repeats=2, window=0.01)
+    assert math.isfinite(gflops) and gflops > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"n": 0}, {"repeats": 0}, {"window": 0.0}])
+def test_matmul_roofline_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="need n >= 1"):
+        matmul_gflops(**{"n": 8, "repeats": 1, "window": 0.01, **kwargs})
+
+
+def test_train_flops_counts_forward_and_weight_gradient_of_a_conv():
+    # 3x3 conv 1 -> 2 channels on 8x8 (padding 1): forward 2 * 2 * 1 * 9 * 64 FLOPs; backward computes
+    # the weight gradient (same count) but no input gradient (the input needs none).
+    model = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+    x, y = torch.randn(1, 1, 8, 8), torch.randn(1, 2, 8, 8)
+    flops = train_flops(model, x, y, lambda out, target: (out - target).pow(2).mean())
+    assert flops == 2 * (2 * 2 * 1 * 9 * 64)
+    assert all(p.grad is None for p in model.parameters())       # gradients dropped afterwards
+
+
+def test_rate_counts_items_per_second():
+    assert rate(lambda: 3, window=0.01, repeats=2) > 0
+
+
+def test_nearest_width_picks_the_closest_parameter_count():
+    def make(width):
+        return nn.Linear(10, width)                             # 11 * width parameters
+    assert nearest_width(make, target=50, widths=range(1, 10)) == (5, 55)
+
+
+def test_parse_args_rejects_an_unknown_section(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--sections", "roofline,nope"])
+    assert "nope" in capsys.readouterr().err
+    assert parse_args(["--sections", "step, data"]).sections == ["step", "data"]
+
+
+def test_loop_probe_splits_an_epoch_into_its_parts():
+    probe = LoopProbe()
+    probe.spans = [                                             # (kind, start, end, info) as the wrappers record
+        ("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}),
+        ("forward", 8.5, 9.0, None), ("metrics", 9.0, 9.2, None), ("eval", 8.0, 10.0, "val"),
+        ("log", 10.0, 10.5, None),
+        ("train", 11.0, 18.0, {"seen": 32, "data_wait": 0.5}),
+        ("eval", 19.5, 20.0, "val"),
+        ("eval", 20.0, 25.0, "test"),
+    ]
+    first, second = probe.epochs()
+    assert first["wall_s"] == 11.0 and first["train_s"] == 8.0 and first["compute_s"] == 7.0
+    assert first["val_s"] == 2.0 and first["val_forward_s"] == 0.5 and first["val_read_s"] == pytest.approx(1.3)
+    assert first["log_s"] == 0.5 and first["other_s"] == pytest.approx(0.5) and first["val_cases"] == 1
+    assert second["wall_s"] == 9.0                              # up to the test evaluation
+    b = loop_breakdown(second, step_ips=32 / 6.0)               # bare network: 6 s of the 6.5 s compute
+    assert b["overhead_s"]["step_extra"] == pytest.approx(0.5)
+    assert b["bottleneck"] == "other" and b["overhead_s"]["other"] == pytest.approx(1.5)
+    assert b["suite"] is None
+    b = loop_breakdown(first, step_ips=32 / 6.0, forward_ips=4.0)  # 1 val case: 0.25 s of bare forward
+    assert b["val_network_s"] == 0.25 and b["overhead_s"]["val_forward"] == pytest.approx(0.25)
+    assert b["suite"] == pytest.approx((6.0 + 0.25) / 11.0)
+    assert b["bottleneck"] == b["suite_bottleneck"] == "val_read"
+    b = loop_breakdown(first, step_ips=32 / 6.0, forward_ips=0.5)  # a slow network forward: 2 s
+    assert b["bottleneck"] == "val_network" and b["suite_bottleneck"] == "val_read"
+    b = loop_breakdown(first, step_ips=32 / 6.0, loop_step_ips=32 / 6.6)  # train_epoch pre-loaded: 6.6 s
+    assert b["overhead_s"]["step_extra"] == pytest.approx(1.0) and b["loop_step_s"] == pytest.approx(0.6)
+    assert b["loop_step_share"] == pytest.approx(0.6 / 11.0)
+
+
+def test_bench_loop_step_runs_train_epoch_on_preloaded_batches():
+    cfg = compose_cfg(["profile.image_size=32", "trainer.batch_size=2"])
+    torch.manual_seed(0)
+    ips = bench_loop_step(cfg, build(cfg.model), batches=2)
+    assert math.isfinite(ips) and ips > 0
+
+
+def fake_result() -> dict:
+    """A bench.json-like dict with every section, numbers invented for the writer."""
+    epoch = {"wall_s": 10.0, "train_s": 8.0, "data_s": 0.2, "compute_s": 7.8, "val_s": 1.8, "val_forward_s": 1.0,
+             "val_metrics_s": 0.3, "val_read_s": 0.5, "log_s": 0.1, "other_s": 0.1, "seen": 96, "val_cases": 29}
+    return {
+        "machine": {"cpu": "Test CPU 9000", "cores": 2, "torch_threads": 2, "torch": "2.13.0", "python": "3.11",
+                    "platform": "Linux", "date_utc": "2026-11-23 12:00 UTC", "cuda": None,
+                    "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [2.0, 2.0, 2.0]},
+        "total_s": 300.0, "section_s": {"roofline": 3.0},
+        "sections": {
+            "roofline": {"gflops_by_n": {"1024": 90.0, "2048": 100.0}, "ceiling_gflops": 100.0, "threads": 2,
+                         "first_gflops": 100.0, "checks": [{"after": "step", "gflops": 95.0}]},
+            "step": {"rows": [{"model": "unet cpu", "name": "unet", "profile": "cpu", "params": 1094269, "size": 96,
+                               "batch": 16, "fwd_gflops_per_img": 0.48, "train_gflops_per_img": 1.43,
+                               "img_per_s": 20.0, "achieved_gflops": 28.6, "mfu": 0.286}]},
+            "loop": {"goal": 0.9, "dataset": "phantom_xray", "store": "temp store",
+                     "rows": [{"model": "unet cpu", "size": 96, "batch": 16, "workers": 0, "amp": "auto",
+                               "loss": "dice", "grad_clip": 1.0, "step_img_per_s": 12.0, "loop_img_per_s": 9.6,
+                               "train_img_per_s": 12.0, "ratio": 0.8, "train_ratio": 1.0, "epochs": [epoch],
+                               "breakdown": loop_breakdown(epoch, 12.0)}]},
+            "peers": {"size": 96, "batch": 16, "rounds": 3, "iters": 4, "monai": "1.6.1", "target_params": 1094269,
+                      "smp_note": "smp not installed",
+                      "rows": [{"model": "ours: U-Net cpu preset", "spec": "ours", "params": 1094269,
+                                "train_gflops_per_img": 1.43, "img_per_s": 20.0, "mfu": 0.286,
+                                "achieved_gflops": 28.6, "ours_over_theirs": 1.0, "ours_over_theirs_per_gflop": 1.0},
+                               {"model": "MONAI BasicUNet", "spec": "features=(24, ...)", "params": 1113841,
+                                "train_gflops_per_img": 2.35, "img_per_s": 8.0, "mfu": 0.19, "achieved_gflops": 18.8,
+                                "ours_over_theirs": 2.5, "ours_over_theirs_per_gflop": 1.52}]},
+            "data": {"goal": 3.0, "step_reference": "unet cpu",
+                     "rows": [{"dataset": "phantom_xray", "train_samples": 96, "size": 96, "setup_s": 0.1,
+                               "reader_img_per_s": 500.0, "augmented_img_per_s": 300.0, "loader_img_per_s": 280.0,
+                               "workers": 0, "step_img_per_s": 20.0, "ratio": 14.0}]},
+            "metrics": {"script": "benchmarks/bench_metrics.py", "returncode": 0, "seconds": 30.0,
+                        "markdown": "HD95 TABLE HERE",
+                        "result": {"slowest_ratio": 7.1, "goal_ratio": 5.0, "max_abs_diff_mm": 3.8e-7,
+                                   "overlap": [{"metric": "Dice", "ratio": 2.6, "max_abs_diff": 3e-8}]}},
+            "predict": {"skipped": "benchmarks/bench_predict.py is not present"},
+            "gpu": {"available": False, "note": "No GPU on this machine."},
+        },
+    }
+
+
+def test_finalize_ceiling_takes_the_best_roofline_and_recomputes_mfu():
+    res = fake_result()
+    res["sections"]["roofline"]["checks"].append({"after": "loop", "gflops": 143.0})
+    assert finalize_ceiling(res["sections"]) == 143.0
+    assert res["sections"]["step"]["rows"][0]["mfu"] == pytest.approx(28.6 / 143.0)
+    assert res["sections"]["peers"]["rows"][1]["mfu"] == pytest.approx(8.0 * 2.35 / 143.0)
+
+
+def test_ratios_compare_each_measured_ratio_with_its_goal():
+    by_name = {r["name"]: r for r in ratios(fake_result())}
+    loop = by_name["loop / step, unet cpu"]
+    assert loop["value"] == 0.8 and loop["goal"] == GOALS["loop"] and loop["met"] is False
+    assert "bottleneck: val_forward" in loop["note"]
+    assert by_name["data loader / step, phantom_xray"]["met"] is True
+    assert by_name["HD95 MONAI time / ours (slowest case)"]["met"] is True
+    assert by_name["ours / MONAI BasicUNet img/s"]["value"] == 2.5
+
+
+def test_write_md_renders_every_section_from_the_json():
+    md = write_md(fake_result())
+    assert "Test CPU 9000, 2 cores (torch threads: 2)" in md and "torch 2.13.0" in md and "2026-11-23 12:00 UTC" in md
+    assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** |" in md
+    assert "| unet cpu | 1,094,269 | 96 | 16 | 0.48 | 1.43 | 20.00 | 28.6 | 28.6% |" in md
+    assert "Re-measured after each section: step 95.0 GFLOP/s." in md
+    assert "Ceiling (the best of these): **100.0 GFLOP/s**" in md
+    assert "| MONAI BasicUNet | features=(24, ...) | 1,113,841 |" in md
+    assert "| phantom_xray | 96 | 96 | 0.1 | 500 | 300 | 280 | 0 | 20.00 | **14.0** |" in md
+    assert "HD95 TABLE HERE" in md and "smp not installed" in md
+    assert "Not measured: benchmarks/bench_predict.py is not present." in md
+    assert "No GPU on this machine." in md
+    assert "Oversubscribed" not in md                            # load 2.0 on 2 cores
+
+
+def test_write_md_warns_when_the_machine_is_oversubscribed():
+    res = fake_result()
+    res["machine"]["loadavg_end"] = [9.5, 5.0, 3.0]
+    md = write_md(res)
+    assert "**Oversubscribed**: a 1-minute load average of 9.5 on 2 cores. With 2 torch threads" in md
+    res["machine"]["torch_threads"] = 1
+    assert "With 1 torch thread there are no thread barriers" in write_md(res)
+
+
+def test_write_md_says_which_sections_did_not_run_or_failed():
+    res = fake_result()
+    res["sections"] = {"roofline": {"error": "RuntimeError: boom"}}
+    md = write_md(res)
+    assert "Failed: `RuntimeError: boom`" in md
+    assert md.count("Not run (--sections).") == 7
+
+
+def test_render_rederives_a_saved_bench_json(tmp_path, capsys):
+    res = fake_result()
+    res["sections"]["loop"]["rows"][0]["breakdown"] = {"stale": True}     # an older bench.json's derivation
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(res))
+    assert main(["--render", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** | bottleneck: val_forward" in out
