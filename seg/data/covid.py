@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from seg.data.base import Case, SegData
-from seg.data.layout import binary_mask, natural_key, png_size, read_png, resolve_root
+from seg.data.layout import binary_mask, natural_key, png_size, raise_unpaired, read_png, resolve_root
 from seg.data.phantom import write_covid_lung, write_covid_qu_ex
 from seg.data.transforms import PairedDataset, apply_image, transforms_pair
 
@@ -83,11 +83,7 @@ def _list_split(root: Path, split: str, categories: Sequence[str], mask_dir: str
                 raise ValueError(f"image {image} is {shape_i[0]}x{shape_i[1]} but its mask {mask} "
                                  f"is {shape_m[0]}x{shape_m[1]}")
             items.append(_Item(f"{split}/{cat}/{name}", image, mask, cat, strict))
-    if unpaired:
-        shown = "\n  ".join(str(p) for p in unpaired[:10])
-        more = f"\n  ... and {len(unpaired) - 10} more" if len(unpaired) > 10 else ""
-        raise FileNotFoundError(f"{len(unpaired)} image(s) without a mask of the same name "
-                                f"in '{mask_dir}/':\n  {shown}{more}")
+    raise_unpaired(unpaired, mask_dir)
     return items
 
 

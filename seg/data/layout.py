@@ -79,6 +79,16 @@ def resolve_root(root: str | Path | None, top: str | None, required: Sequence[st
     raise FileNotFoundError(f"{message}.\nExpected layout:\n{layout}")
 
 
+def raise_unpaired(unpaired: Sequence[Path], mask_dir: str) -> None:
+    """FileNotFoundError listing (the first 10) images that have no mask of the same name in mask_dir/."""
+    if not unpaired:
+        return
+    shown = "\n  ".join(str(p) for p in unpaired[:10])
+    more = f"\n  ... and {len(unpaired) - 10} more" if len(unpaired) > 10 else ""
+    raise FileNotFoundError(f"{len(unpaired)} image(s) without a mask of the same name "
+                            f"in '{mask_dir}/':\n  {shown}{more}")
+
+
 def png_size(path: Path) -> tuple[int, int]:
     """(height, width) from the PNG header; ValueError naming the file if it is no PNG or truncated
     (the file must end with the IEND chunk)."""

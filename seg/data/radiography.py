@@ -25,7 +25,7 @@ from pathlib import Path
 
 from seg.data.base import SegData
 from seg.data.covid import CovidCases, CovidTrain, _Item
-from seg.data.layout import natural_key, png_size, resolve_root, stratified_split
+from seg.data.layout import natural_key, png_size, raise_unpaired, resolve_root, stratified_split
 from seg.data.phantom import write_covid_radiography
 from seg.data.transforms import transforms_pair
 
@@ -53,11 +53,7 @@ def list_items(base: Path, classes: Sequence[str], strict: bool = True) -> list[
                 continue
             png_size(image), png_size(mask)           # header + IEND: truncated files named up front
             items.append(_Item(f"{cls}/{name}", image, mask, cls, strict, resize_image=True))
-    if unpaired:
-        shown = "\n  ".join(str(p) for p in unpaired[:10])
-        more = f"\n  ... and {len(unpaired) - 10} more" if len(unpaired) > 10 else ""
-        raise FileNotFoundError(f"{len(unpaired)} image(s) without a mask of the same name in 'masks/':"
-                                f"\n  {shown}{more}")
+    raise_unpaired(unpaired, "masks")
     return items
 
 
