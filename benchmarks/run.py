@@ -87,7 +87,7 @@ FIXES = {
                   "per-step isfinite check and loss.item() syncs, fresh batches): a cheaper loss, "
                   "grad_clip=null, or fewer host syncs",
     "val_network": "validation's own forward passes (network work the bare step does not include; "
-                   "batch 1 per 2D case): validate every N epochs, or batch the 2D val cases",
+                   "16 2D cases per forward pass): validate every N epochs",
     "val_forward": "validation forward beyond the bare network (logits resized back to the original size, "
                    "threshold, copy to numpy): resize the predicted labels instead of the logits",
     "val_metrics": "validation Dice/IoU per case and structure: vectorise over the val cases",
@@ -316,7 +316,8 @@ class LoopProbe:
                 mock.patch.object(seg.train, "train_epoch", timed("train", seg.train.train_epoch)),
                 mock.patch.object(seg.train, "evaluate", timed("eval", seg.train.evaluate,
                                                                lambda a, k, r: k.get("desc"))),
-                mock.patch.object(seg.train, "predict", timed("forward", seg.train.predict)),
+                mock.patch.object(seg.train, "_predict_images", timed("forward", seg.train._predict_images,
+                                                                      lambda a, k, r: len(r))),
                 mock.patch.object(seg.train, "structure_rows", timed("metrics", seg.train.structure_rows)),
                 mock.patch.object(Tracker, "log_metrics", timed("log", Tracker.log_metrics))]
 
@@ -337,7 +338,7 @@ class LoopProbe:
             train, info = self.spans[i][2] - self.spans[i][1], self.spans[i][3]
             val, logging_ = span("eval"), span("log")
             forward, metrics = span("forward"), span("metrics")
-            val_cases = sum(1 for s in inside if s[0] == "forward")
+            val_cases = sum(s[3] for s in inside if s[0] == "forward")      # images predicted
             out.append({"wall_s": stop - start, "train_s": train, "data_s": info["data_wait"],
                         "compute_s": train - info["data_wait"], "val_s": val, "val_forward_s": forward,
                         "val_metrics_s": metrics, "val_read_s": val - forward - metrics, "log_s": logging_,
@@ -351,7 +352,7 @@ def loop_breakdown(epoch: dict, step_ips: float, forward_ips: float | None = Non
     """Where the epoch's wall time goes beyond the bare training steps, per cause, and the largest.
 
     network_s: the bare training steps for the epoch's images (seen / step_ips). With forward_ips
-    (bare batch-1 forward img/s), validation's own forward passes count as network work too
+    (bare forward img/s at evaluate's batch of 16), validation's own forward passes count as network work too
     ("val_network"), and "suite" is the ratio of all bare network work to the wall time: what the
     suite adds on top of the network. Parts: data (DataLoader wait), step_extra (the loop's steps
     beyond the bare ones), val_network, val_forward (beyond bare: resize back, threshold), val_metrics,
@@ -437,7 +438,8 @@ def loop_row(model_name: str, dataset: str, workdir: Path, quick: bool, threads:
     run_s = time.perf_counter() - start
     step_after = bench_train(bare, in_ch, n_cls, size, batch, iters=3 if quick else 5, warmup=1)
     step_ips = (step_before + step_after) / 2
-    forward_ips = bench_forward(bare, in_ch, size, batch=1, window=0.2 if quick else 0.4)
+    # seg.train.evaluate predicts 2D validation cases 16 per forward pass: the bare forward at that batch
+    forward_ips = bench_forward(bare, in_ch, size, batch=16, window=0.2 if quick else 0.4)
     loop_step_ips = bench_loop_step(cfg, bare, batches=3 if quick else 6)
     epochs = probe.epochs()
     last = epochs[-1]
@@ -448,7 +450,7 @@ def loop_row(model_name: str, dataset: str, workdir: Path, quick: bool, threads:
             "step_img_per_s_before_after": [step_before, step_after], "loop_img_per_s": loop_ips,
             "train_img_per_s": train_ips, "ratio": loop_ips / step_ips, "train_ratio": train_ips / step_ips,
             "epochs": epochs, "measured_epoch": len(epochs), "run_s": run_s,
-            "forward_img_per_s_batch1": forward_ips, "loop_step_img_per_s": loop_step_ips,
+            "forward_img_per_s": forward_ips, "loop_step_img_per_s": loop_step_ips,
             "breakdown": loop_breakdown(last, step_ips, forward_ips, loop_step_ips)}
 
 
@@ -867,7 +869,7 @@ def write_md(res: dict) -> str:
                       "logging, checkpoint, up to the next epoch); \"train part\" = the same images / the "
                       "train_epoch time alone. Step img/s = the mean of the bare step measured just before and "
                       "just after the run, same model, batch and size. \"network / loop\" = (the bare training "
-                      "steps for the epoch's images + bare batch-1 forwards for its validation images, measured "
+                      "steps for the epoch's images + bare batch-16 forwards for its validation images, measured "
                       "on pre-loaded tensors) / the epoch's wall time: the share of the epoch that is network "
                       "work, i.e. what the suite adds on top of the network. The columns data ... other are "
                       "shares of the epoch's wall time beyond the bare training steps: waiting for the "
@@ -985,7 +987,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def rederive(res: dict) -> dict:
     """Recompute what bench.json derives from its raw measurements (loop breakdowns, ratios), in place."""
     for row in res.get("sections", {}).get("loop", {}).get("rows", []):
-        row["breakdown"] = loop_breakdown(row["epochs"][-1], row["step_img_per_s"], row.get("forward_img_per_s_batch1"),
+        row["breakdown"] = loop_breakdown(row["epochs"][-1], row["step_img_per_s"], row.get("forward_img_per_s", row.get("forward_img_per_s_batch1")),
                                           row.get("loop_step_img_per_s"))
     res["ratios"] = ratios(res)
     return res

@@ -153,29 +153,64 @@ def predict(model, case: Case, device, dtype, num_classes: int, batch_size: int 
 
     Logits are resized back bilinearly before the threshold / argmax.
     """
+    return _predict_images(model, case.image, case.label.shape[-2:], device, dtype, num_classes, batch_size)
+
+
+def _predict_images(model, images: np.ndarray, out_size, device, dtype, num_classes: int,
+                    batch_size: int = 16) -> np.ndarray:
+    """Images (N, C, S, S) -> label maps (N, H0, W0), batch_size images per forward pass."""
     model.eval()
-    out_size = case.label.shape[-2:]
     labels = []
-    for i in range(0, case.image.shape[0], batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(case.image[i:i + batch_size])).to(device)
+    for i in range(0, images.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)
         with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
             logits = model(x)                                                     # (d, K, S, S)
-        logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
         pred = (logits[:, 0] > 0) if num_classes == 1 else logits.argmax(1)       # (d, H0, W0)
         labels.append(pred.to(torch.uint8).cpu().numpy())
     return np.concatenate(labels)
 
 
+def _batches(cases: Sequence[Case], batch_size: int):
+    """Cases -> lists of cases predicted together: consecutive single-image 2D cases with the same
+    original size, up to batch_size of them (one forward pass); a 3D case alone (its slices are batched)."""
+    group: list[Case] = []
+    for case in cases:
+        alone = case.is_3d or case.image.shape[0] != 1
+        if group and (alone or len(group) == batch_size or case.label.shape != group[0].label.shape):
+            yield group
+            group = []
+        if alone:
+            yield [case]
+        else:
+            group.append(case)
+    if group:
+        yield group
+
+
 def evaluate(model, cases: Sequence[Case], class_names: Sequence[str], device, dtype, num_classes: int,
-             distances: bool = True, desc: str = "eval", keep: int = 0) -> tuple[list[dict], list[tuple]]:
-    """Score every case per structure -> (rows, up to `keep` (case, prediction) pairs with foreground)."""
+             distances: bool = True, desc: str = "eval", keep: int = 0,
+             batch_size: int = 16) -> tuple[list[dict], list[tuple]]:
+    """Score every case per structure -> (rows, up to `keep` (case, prediction) pairs with foreground).
+
+    2D cases of one size are predicted batch_size at a time (one image per forward pass made the
+    per-epoch validation the largest cost of the loop after the training step itself)."""
     rows, kept = [], []
-    for case in tqdm(cases, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None):
-        pred = predict(model, case, device, dtype, num_classes)
-        pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])
-        rows += structure_rows(case.case_id, pred_s, label_s, class_names, case.spacing, distances)
-        if len(kept) < keep and case.label.any():
-            kept.append((case, pred))
+    bar = tqdm(total=len(cases), desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
+    for group in _batches(cases, batch_size):
+        if len(group) == 1:
+            preds = [predict(model, group[0], device, dtype, num_classes, batch_size)]
+        else:
+            labels = _predict_images(model, np.concatenate([c.image for c in group]), group[0].label.shape[-2:],
+                                     device, dtype, num_classes, batch_size)
+            preds = [labels[i:i + 1] for i in range(len(group))]
+        for case, pred in zip(group, preds):
+            pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])
+            rows += structure_rows(case.case_id, pred_s, label_s, class_names, case.spacing, distances)
+            if len(kept) < keep and case.label.any():
+                kept.append((case, pred))
+        bar.update(len(group))
+    bar.close()
     return rows, kept
 
 

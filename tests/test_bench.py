@@ -54,9 +54,9 @@ def test_parse_args_rejects_an_unknown_section(capsys):
 
 def test_loop_probe_splits_an_epoch_into_its_parts():
     probe = LoopProbe()
-    probe.spans = [                                             # (kind, start, end, info) as the wrappers record
+    probe.spans = [                     # (kind, start, end, info) as the wrappers record; forward: images predicted
         ("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}),
-        ("forward", 8.5, 9.0, None), ("metrics", 9.0, 9.2, None), ("eval", 8.0, 10.0, "val"),
+        ("forward", 8.5, 9.0, 1), ("metrics", 9.0, 9.2, None), ("eval", 8.0, 10.0, "val"),
         ("log", 10.0, 10.5, None),
         ("train", 11.0, 18.0, {"seen": 32, "data_wait": 0.5}),
         ("eval", 19.5, 20.0, "val"),

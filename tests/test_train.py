@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from seg import PROJECT_ROOT
@@ -179,3 +180,26 @@ def test_gradient_accumulation_steps(accumulate, expected_steps):
     loss, seen = train_epoch(model, data, build(compose_cfg(["loss=bce"]).loss), opt, scaler, torch.device("cpu"),
                              None, accumulate=accumulate, grad_clip=1.0)
     assert _CountingSGD.steps == expected_steps and seen == 10 and loss > 0
+
+
+def test_evaluate_batches_2d_cases_and_scores_each_like_predict():
+    from seg.data.base import Case
+    from seg.train import _batches, evaluate, predict
+
+    rng = np.random.default_rng(0)
+    def case(i, size, is_3d=False, d=1):
+        return Case(f"c{i}", rng.standard_normal((d, 1, 32, 32)).astype(np.float32),
+                    (rng.random((d, size, size)) > 0.5).astype(np.uint8), (1.0,) * (3 if is_3d else 2), is_3d)
+    cases = [case(0, 40), case(1, 40), case(2, 40), case(3, 48), case(4, 30, True, 3), case(5, 48), case(6, 48)]
+    groups = [[c.case_id for c in g] for g in _batches(cases, batch_size=2)]
+    assert groups == [["c0", "c1"], ["c2"], ["c3"], ["c4"], ["c5", "c6"]]
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 1, 1))
+    rows, kept = evaluate(net, cases, ["fg"], torch.device("cpu"), None, 1, distances=False, keep=10, batch_size=4)
+    assert [r["case_id"] for r in rows] == [c.case_id for c in cases]
+    for c, (kept_case, pred) in zip(cases, kept):
+        alone = predict(net, c, torch.device("cpu"), None, 1)
+        assert kept_case is c and pred.shape == c.label.shape
+        assert (pred == alone).mean() > 0.999          # same labels as one case at a time (float noise aside)
