@@ -58,7 +58,10 @@ class SweepSummary(Callback):
         jobs = read_jobs(sweep_dir)
         if not jobs:
             return
-        finish_sweep_parents(sweep_dir, jobs)
+        try:
+            finish_sweep_parents(sweep_dir, jobs)
+        except Exception as exc:  # the summary and the exit status matter more than the parent's bookkeeping
+            log.warning("could not close the sweep's parent run(s) in MLflow: %s: %s", type(exc).__name__, exc)
         counts = {s: sum(j["status"] == s for j in jobs) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED")}
         bad = len(jobs) - counts["FINISHED"] - counts["SKIPPED"]
         lines = [f"sweep done: {counts['FINISHED']} of {len(jobs)} jobs FINISHED, {counts['SKIPPED']} SKIPPED "
