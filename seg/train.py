@@ -198,12 +198,9 @@ def evaluate(model, cases: Sequence[Case], class_names: Sequence[str], device, d
     rows, kept = [], []
     bar = tqdm(total=len(cases), desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
     for group in _batches(cases, batch_size):
-        if len(group) == 1:
-            preds = [predict(model, group[0], device, dtype, num_classes, batch_size)]
-        else:
-            labels = _predict_images(model, np.concatenate([c.image for c in group]), group[0].label.shape[-2:],
-                                     device, dtype, num_classes, batch_size)
-            preds = [labels[i:i + 1] for i in range(len(group))]
+        images = group[0].image if len(group) == 1 else np.concatenate([c.image for c in group])
+        labels = _predict_images(model, images, group[0].label.shape[-2:], device, dtype, num_classes, batch_size)
+        preds = np.split(labels, np.cumsum([c.image.shape[0] for c in group])[:-1])
         for case, pred in zip(group, preds):
             pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])
             rows += structure_rows(case.case_id, pred_s, label_s, class_names, case.spacing, distances)
@@ -339,6 +336,11 @@ def _run(cfg: DictConfig, ctx: dict) -> float:
 
 def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved: dict,
                   resume_from: Path | None = None) -> float:
+    t = cfg.trainer
+    if t.monitor not in MONITORS:
+        raise ValueError(f"trainer.monitor={t.monitor!r}; allowed values: {', '.join(MONITORS)} (higher is better)")
+    if t.accumulate < 1:
+        raise ValueError(f"trainer.accumulate={t.accumulate}; expected an integer >= 1")
     num_classes = int(cfg.dataset.num_classes)
     data = build(cfg.dataset.source, seed=cfg.seed)
     (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
@@ -354,11 +356,6 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     n_params = sum(p.numel() for p in model.parameters())
     tracker.log_metrics({"model/params": n_params})
 
-    t = cfg.trainer
-    if t.monitor not in MONITORS:
-        raise ValueError(f"trainer.monitor={t.monitor!r}; allowed values: {', '.join(MONITORS)} (higher is better)")
-    if t.accumulate < 1:
-        raise ValueError(f"trainer.accumulate={t.accumulate}; expected an integer >= 1")
     generator = torch.Generator().manual_seed(int(cfg.seed))
     loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers,
                         generator=generator, drop_last=len(data.train) > t.batch_size,
