@@ -238,12 +238,6 @@ def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Mode
     return Model(net.to(device).eval(), config, num_classes, image_size, names, reader, source, transform)
 
 
-def tracking_uri(explicit: str | None = None) -> str:
-    from seg.tracking import default_uri
-
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
-
-
 def _lower_is_better(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1].split("_")[0] in LOWER_IS_BETTER
 
@@ -277,7 +271,9 @@ def resolve_model(spec: str, device: torch.device, uri: str | None = None) -> Mo
         path = path / "checkpoints" / "best.pt"
     if path.exists():
         return model_from_checkpoint(load_checkpoint(path), str(path), device)
-    uri = tracking_uri(uri)
+    from seg.tracking import resolve_uri
+
+    uri = resolve_uri(uri)
     try:
         return _model_from_mlflow(spec, device, uri)
     except ModelError:
@@ -288,7 +284,10 @@ def resolve_model(spec: str, device: torch.device, uri: str | None = None) -> Mo
 
 def _model_from_mlflow(spec: str, device: torch.device, uri: str) -> Model:
     looks_like_run = spec.startswith("best:") or RUN_ID.fullmatch(spec)
-    if looks_like_run and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    from seg.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if looks_like_run and db is not None and not db.is_file():
         raise ModelError(f"MODEL {spec!r}: the MLflow store {uri} does not exist (no runs logged there yet?); "
                          "set MLFLOW_TRACKING_URI or --tracking-uri to the store of your runs")
     if spec.startswith("best:"):

@@ -189,14 +189,10 @@ def list_artifact_files(client, run: Run, folder: str) -> list[str]:
     return [f.path for f in client.list_artifacts(run.run_id, folder) if not f.is_dir]
 
 
-def tracking_uri(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_uri()
-
-
 def open_store(uri: str):
     """An MlflowClient on `uri`; a sqlite store must exist already (the report never creates one)."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+    path = tracking.sqlite_path(uri)
+    if path is not None:
         if not path.is_file():
             raise ReportError(f"no MLflow store at {path}: run a sweep first (`make sweep`), or point "
                               f"--tracking-uri / MLFLOW_TRACKING_URI at the store that holds the runs")
@@ -1109,7 +1105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    uri = tracking_uri(args.tracking_uri)
+    uri = tracking.resolve_uri(args.tracking_uri)
     try:
         result = build_report(uri, args.out, args.experiment, args.sweep_id, dict(args.tag), args.all_sweeps)
     except ReportError as exc:

@@ -9,8 +9,10 @@ checkpoint, per-case CSV, overlays.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,6 +36,30 @@ def default_uri() -> str:
     return f"sqlite:///{DEFAULT_DB}"
 
 
+def resolve_uri(explicit: str | None = None) -> str:
+    """The tracking URI a command uses: its own option, else $MLFLOW_TRACKING_URI, else the project store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a local `sqlite:///` store; None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive flock on `path` (created if missing) for the duration of the block: serialises jobs
+    of a sweep running in several processes, or on several machines sharing the folder."""
+    import fcntl
+
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 _READY: set[str] = set()
 
 
@@ -41,18 +67,12 @@ def _ensure_store(uri: str) -> None:
     """Create a local sqlite store once, under a file lock: MLflow creates and migrates the schema on the
     first connection, and jobs of a parallel sweep that do it at the same moment collide
     ("table ... already exists"). Other stores (a tracking server) need nothing."""
-    if not uri.startswith("sqlite:///") or uri in _READY:
+    db = sqlite_path(uri)
+    if db is None or uri in _READY:
         return
-    import fcntl
-
-    db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".init.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with _locked(db.with_name(db.name + ".init.lock")):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     _READY.add(uri)
 
 
@@ -61,10 +81,8 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        artifact_location = (db.parent / "artifacts").resolve().as_uri()
+    db = sqlite_path(uri)
+    artifact_location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except mlflow.exceptions.MlflowException:
@@ -171,30 +189,24 @@ def sweep_parent(uri: str, experiment: str, sweep_id: str, sweep_dir: Path, info
     `<sweep_dir>/.mlflow_parent_<experiment>`. The parent holds the sweep's command line and grid
     (`info`, from seg.callbacks) as tags and params; seg.callbacks sets its final status.
     """
-    import fcntl
-
     _ensure_store(uri)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
     id_file = sweep_dir / f".mlflow_parent_{safe}"
-    with open(sweep_dir / ".mlflow_parent.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if id_file.exists():
-                return id_file.read_text().strip()
-            client = MlflowClient(tracking_uri=uri)
-            experiment_id = get_or_create_experiment(client, experiment, uri)
-            tags = {PARENT_TAG: "true", "sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
-                    "command": str(info.get("command", ""))[:5000]}
-            run = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags=tags)
-            grid = info.get("grid") or {}
-            params = [Param(f"grid.{k}", _param_value(v)) for k, v in grid.items()]
-            params.append(Param("sweep.overrides", _param_value(" ".join(info.get("overrides", [])) or "-")))
-            client.log_batch(run.info.run_id, params=params)
-            id_file.write_text(run.info.run_id)
-            return run.info.run_id
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with _locked(sweep_dir / ".mlflow_parent.lock"):
+        if id_file.exists():
+            return id_file.read_text().strip()
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = get_or_create_experiment(client, experiment, uri)
+        tags = {PARENT_TAG: "true", "sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
+                "command": str(info.get("command", ""))[:5000]}
+        run = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags=tags)
+        grid = info.get("grid") or {}
+        params = [Param(f"grid.{k}", _param_value(v)) for k, v in grid.items()]
+        params.append(Param("sweep.overrides", _param_value(" ".join(info.get("overrides", [])) or "-")))
+        client.log_batch(run.info.run_id, params=params)
+        id_file.write_text(run.info.run_id)
+        return run.info.run_id
 
 
 def finish_sweep_parents(sweep_dir: Path, jobs: list[dict]) -> list[str]:
