@@ -293,6 +293,12 @@ def _run(cfg: DictConfig, ctx: dict) -> float:
     chash = config_hash(resolved, [cfg.paths.cache, cfg.paths.root])
     job["config_hash"] = chash
 
+    if ctx["multirun"]:  # every job of a sweep, skipped ones too, is listed by the sweep's parent run
+        info_file = ctx["sweep_dir"] / "sweep.json"
+        info = json.loads(info_file.read_text()) if info_file.exists() else {}
+        job["parent_run_id"] = sweep_parent(cfg.tracking.uri, cfg.tracking.experiment, ctx["sweep_id"],
+                                            ctx["sweep_dir"], info)
+
     done, unfinished = _previous_runs(cfg, chash) if cfg.resume else (None, None)
     if done is not None:
         value = done.data.metrics.get(f"best/{cfg.trainer.monitor}", math.nan)
@@ -305,11 +311,7 @@ def _run(cfg: DictConfig, ctx: dict) -> float:
     tags = {"model": cfg.model.name, "loss": cfg.loss.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
             "sweep_id": ctx["sweep_id"], "config_hash": chash, "profile": cfg.profile.name,
             "overrides": ctx["overrides"], "output_dir": str(out_dir)}
-    if ctx["multirun"]:
-        info_file = ctx["sweep_dir"] / "sweep.json"
-        info = json.loads(info_file.read_text()) if info_file.exists() else {}
-        job["parent_run_id"] = sweep_parent(cfg.tracking.uri, cfg.tracking.experiment, ctx["sweep_id"],
-                                            ctx["sweep_dir"], info)
+    if "parent_run_id" in job:
         tags["mlflow.parentRunId"] = job["parent_run_id"]
     resume_from = None
     if unfinished is not None:

@@ -132,7 +132,13 @@ def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, pha
     assert second.returncode == 0, second.stderr[-3000:]
     assert "0 of 2 jobs FINISHED, 2 SKIPPED" in second.stdout
     assert "skipped unet-dice-s0: already FINISHED" in second.stdout
-    assert len(_runs(tmp_path)[0]) == 2
+    runs_now, parents = _runs(tmp_path)
+    assert len(runs_now) == 2 and len(parents) == 2
+    # the re-run's parent lists both skipped jobs with the runs that stand for them
+    (parent2,) = [p for p in parents if p.data.tags["sweep_id"] == "s2"]
+    assert parent2.info.status == "FINISHED" and parent2.data.metrics["jobs/skipped"] == 2
+    listed = (Path(parent2.info.artifact_uri.removeprefix("file://")) / "children.csv").read_text()
+    assert listed.count("SKIPPED") == 2 and all(r.info.run_id in listed for r in runs_now)
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     deleted = next(r for r in runs if r.info.run_name == "unet-bce-s0")
