@@ -233,7 +233,7 @@ def select_runs(client, uri: str, experiments: Sequence[str] = (), sweep_id: str
         parents = [r for r in every if r.tags.get(PARENT_TAG, "").lower() == "true"]
         runs = [r for r in every if r.tags.get(PARENT_TAG, "").lower() != "true"]
         runs = [r for r in runs if all(r.tags.get(k) == v for k, v in tags.items())]
-        sweeps = _sweeps(runs)
+        sweeps = _sweeps(runs + parents)   # a re-run that skipped every job has only its parent run
         if sweep_id:
             chosen, label = [r for r in runs if r.sweep_id == sweep_id], f"sweep {sweep_id}"
         elif all_sweeps:

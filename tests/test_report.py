@@ -417,3 +417,25 @@ def test_artifacts_read_in_place_or_downloaded_through_mlflow_agree(store, tmp_p
     assert not notes and len(local) == len(remote) == 3 * N_CASES
     pd.testing.assert_frame_equal(local, remote)
     assert report.list_artifact_files(client, runs[0], "overlays") == overlays == ["overlays/Test_COVID-19_case_00.png"]
+
+
+def test_a_resumed_sweep_that_skipped_every_job_is_the_latest_sweep(store, tmp_path):
+    """make sweep twice: the second sweep trains nothing, has no runs of its own, only a parent listing
+    the runs it skipped; the default report covers that sweep, with every configuration."""
+    shutil.copy(store["root"] / "empty.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("phantom_xray", artifact_location=(tmp_path / "artifacts").as_uri())
+    t0 = int(time.time() * 1000) - 3_600_000
+    runs = [log_run(client, exp, _stage(tmp_path, f"{m}{l}"), m, l, 0, OLD_SWEEP, start=t0)
+            for m, l in (("unet", "dice"), ("resunet", "dice"))]
+    parent = client.create_run(exp, start_time=t0 + 60_000, run_name=f"sweep-{SWEEP}",
+                               tags={"segsweep.parent": "true", "sweep_id": SWEEP})
+    children = _stage(tmp_path, "parent") / "children.csv"
+    pd.DataFrame([{"job": f"{i}_x", "status": "SKIPPED", "run_id": r} for i, r in enumerate(runs)]).to_csv(
+        children, index=False)
+    client.log_artifact(parent.info.run_id, str(children))
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    sel = report.select_runs(client, uri)
+    assert {r.run_id for r in sel.tasks["phantom_xray"]} == set(runs)
+    assert SWEEP in sel.scope["phantom_xray"]
