@@ -12,7 +12,8 @@ MODEL is one of
   (sqlite:///<project>/mlruns/mlflow.db).
 
 Checkpoints load with `torch.load(weights_only=True)`: one that needs arbitrary pickled objects is
-refused (and nothing in it runs), and the config's `_target_`s must name classes of `seg.models`.
+refused (and nothing in it runs), and the model is built only through `seg.models.build_model`: one of
+the three architecture classes by exact name, with plain-value arguments (nothing else is called).
 Preprocessing follows the checkpoint's resolved config: the dataset reader's intensity scaling
 (8-bit images as they are, as the PNG readers read them; ACDC: per-slice min-max; CT heart: HU
 through the run's `dataset.source.window`; other inputs of the PNG tasks: per-slice min-max), then
@@ -64,10 +65,9 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from seg.config import build
+from seg.models import UnsafeModelConfig, build_model
 from seg.data import acdc as acdc_reader
 from seg.data.dicom import ct_window, read_dicom, read_dicom_series
 from seg.data.layout import read_png
@@ -78,7 +78,6 @@ log = logging.getLogger("seg.predict")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom")
-MODEL_PREFIX = "seg.models."
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 LOWER_IS_BETTER = ("hd", "hd95", "assd", "fpr", "loss")
 # BGR contour colours per structure (1, 2, 3, ...): red, green, blue, yellow, magenta, cyan, ...
@@ -163,20 +162,6 @@ class Model:
     transform: object           # the run's evaluation transform: resize + its `transforms` normalisation
 
 
-def _check_targets(node, where: str = "model") -> None:
-    """Every `_target_` in the model node must be a class of seg.models (the config is instantiated)."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and not (isinstance(target, str) and target.startswith(MODEL_PREFIX)):
-            raise ModelError(f"refusing the checkpoint: config {where}._target_={target!r} is not a class of "
-                             f"{MODEL_PREFIX}* (a checkpoint's config must not name arbitrary callables)")
-        for key, value in node.items():
-            _check_targets(value, f"{where}.{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            _check_targets(value, f"{where}[{i}]")
-
-
 def load_checkpoint(path: str | Path) -> dict:
     """torch.load(weights_only=True) with clear errors; ModelError naming the file.
 
@@ -214,7 +199,6 @@ def load_checkpoint(path: str | Path) -> dict:
 def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Model:
     """Checkpoint dict -> Model on device, in eval mode (the architecture from config.model)."""
     config = ckpt["config"]
-    _check_targets(config["model"])
     dataset = config["dataset"]
     num_classes, image_size = int(dataset["num_classes"]), int(dataset["image_size"])
     if int(dataset.get("in_channels", 1)) != 1:
@@ -222,7 +206,10 @@ def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Mode
                          "segments single-channel (grayscale) images")
     reader = reader_for(config)
     try:
-        net = build(OmegaConf.create(config["model"]))
+        net = build_model(config["model"])
+    except UnsafeModelConfig as err:
+        raise ModelError(f"refusing the checkpoint {source}: {err}") from None
+    try:
         net.load_state_dict(ckpt["state_dict"])
     except Exception as err:  # wrong keys / shapes, bad constructor arguments
         raise ModelError(f"{source}: the weights do not fit the architecture in its config "

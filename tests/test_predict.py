@@ -343,13 +343,47 @@ def test_malicious_pickle_checkpoint_is_refused_and_its_code_never_runs(ckpts, t
     assert not (tmp_path / "out" / "CT_small_label.png").exists()
 
 
-def test_checkpoint_config_naming_arbitrary_callables_is_refused(ckpts, tmp_path, capsys):
+@pytest.mark.parametrize("model_node", [
+    {"_target_": "seg.models.transunet.Path.touch", "self": "{marker}"},
+    {"_target_": "seg.models.unet.Path.write_text", "self": "{marker}", "data": "x"},
+    {"_target_": "seg.models.transunet.torch.load", "f": "{marker}", "weights_only": False},
+    {"_target_": "os.system", "command": "touch {marker}"},
+    {"_target_": "seg.models.unet.UNet.__init__", "self": "{marker}"},
+    {"_target_": "seg.models.unet.UNet", "base_width": {"_target_": "os.system", "command": "touch {marker}"}},
+    {"_target_": "seg.models.unet.UNet", "base_width": ["touch {marker}"]},
+    {"_target_": "seg.models.unet.UNet", "depth": 2, "evil": "touch {marker}"},
+    {"_target_": "seg.models.transunet.TransUNet", "pretrained_path": "{marker}"},
+], ids=["Path.touch", "Path.write_text", "torch.load", "os.system", "method", "nested_target", "list_of_str",
+        "unknown_argument", "file_argument"])
+def test_checkpoint_config_naming_arbitrary_callables_is_refused(ckpts, tmp_path, capsys, model_node):
+    """A checkpoint's stored model config is built only through the allowlist: nothing it names is called."""
     marker = tmp_path / "pwned"
     ckpt = torch.load(ckpts["phantom_xray"], weights_only=True)
-    ckpt["config"]["model"] = {"_target_": "os.system", "command": f"touch {marker}"}
+    node = json.loads(json.dumps(model_node).replace("{marker}", str(marker)))
+    ckpt["config"]["model"] = node
     torch.save(ckpt, tmp_path / "bad.pt")
     assert main([str(tmp_path / "bad.pt"), str(CT_SMALL), "--out", str(tmp_path / "out")]) == 2
-    assert "model._target_='os.system'" in capsys.readouterr().err and not marker.exists()
+    err = capsys.readouterr().err
+    assert f"refusing the checkpoint {tmp_path / 'bad.pt'}" in err
+    if model_node["_target_"] not in ("seg.models.unet.UNet", "seg.models.transunet.TransUNet"):
+        assert f"model._target_={node['_target_']!r} is not an allowed model class" in err
+    else:
+        bad_key = next(k for k in node if k not in ("_target_", "depth"))
+        assert f"model.{bad_key}" in err
+    assert not marker.exists()
+    assert not (tmp_path / "out" / "CT_small_label.png").exists()
+
+
+def test_allowlisted_models_build_from_their_stored_configs():
+    """Every model config in conf/ round-trips through build_model (the stored form of a run's model)."""
+    from seg.models import MODELS, build_model
+
+    for model in ("unet", "resunet", "transunet"):
+        cfg = compose_cfg([f"model={model}", "profile.image_size=32"])
+        node = OmegaConf.to_container(cfg.model, resolve=True)
+        net = build_model(node)
+        assert type(net) is MODELS[node["_target_"]]
+        assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in build(cfg.model).parameters())
 
 
 @pytest.mark.parametrize("content,message", [(b"", "corrupt or unreadable checkpoint"),
