@@ -37,7 +37,7 @@ test-all: $(STAMP)  ## every test, the slow end-to-end ones included
 	$(PY) -m pytest -q
 
 ui: $(STAMP)  ## MLflow UI on 127.0.0.1 (PORT=5000 by default)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlruns/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
 summary: $(STAMP)  ## layers, parameters and FLOPs of a model (ARGS='model=transunet profile=paper')
 	$(PY) -m seg.models.summary $(ARGS)

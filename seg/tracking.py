@@ -63,12 +63,60 @@ def _locked(path: Path):
 _READY: set[str] = set()
 
 
-def _ensure_store(uri: str) -> None:
-    """Create a local sqlite store once, under a file lock: MLflow creates and migrates the schema on the
-    first connection, and jobs of a parallel sweep that do it at the same moment collide
-    ("table ... already exists"). Other stores (a tracking server) need nothing."""
+class TrackingStoreError(RuntimeError):
+    """The tracking URI cannot be used (plain path, unreachable server, read-only store): one line, names it."""
+
+
+# an unreachable server answers within this many seconds (MLflow's own retries take minutes)
+HTTP_TIMEOUT_S = float(os.environ.get("SEGSWEEP_TRACKING_TIMEOUT", "5"))
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, naming the URI, where MLflow would fail late or misleadingly.
+
+    - a plain path or `file:` URI: MLflow >= 3.13 refuses file stores (with a "maintenance mode" error);
+    - an http(s) server: GET <uri>/health within HTTP_TIMEOUT_S seconds;
+    - a local sqlite store whose file or folder is not writable.
+    """
+    if "://" not in uri or uri.startswith("file:"):
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        raise TrackingStoreError(f"tracking URI {uri!r} is a plain folder: MLflow >= 3.13 refuses file stores; use "
+                                 f"sqlite:///{Path(path).expanduser().resolve() / 'mlflow.db'} or a server "
+                                 "(http://host:port) in MLFLOW_TRACKING_URI / tracking.uri")
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HTTP_TIMEOUT_S) as reply:
+                reply.read(64)
+        except urllib.error.HTTPError as err:
+            if err.code >= 500:
+                raise TrackingStoreError(f"MLflow tracking server {uri} answers HTTP {err.code} on /health") from None
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingStoreError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or point "
+                                     "MLFLOW_TRACKING_URI / tracking.uri at a running one") from None
+        return
     db = sqlite_path(uri)
-    if db is None or uri in _READY:
+    if db is not None:
+        folder = next((p for p in [db.parent, *db.parent.parents] if p.exists()), None)
+        target = db if db.exists() else folder
+        if target is not None and not os.access(target, os.W_OK):
+            raise TrackingStoreError(f"MLflow store {uri} is read-only ({target} is not writable); use a writable "
+                                     "folder or another MLFLOW_TRACKING_URI")
+
+
+def _ensure_store(uri: str) -> None:
+    """Check the store (check_store) and create a local sqlite store once, under a file lock: MLflow creates
+    and migrates the schema on the first connection, and jobs of a parallel sweep that do it at the same
+    moment collide ("table ... already exists"). Other stores (a tracking server) need nothing more."""
+    if uri in _READY:
+        return
+    check_store(uri)
+    db = sqlite_path(uri)
+    if db is None:
+        _READY.add(uri)
         return
     db.parent.mkdir(parents=True, exist_ok=True)
     with _locked(db.with_name(db.name + ".init.lock")):
@@ -122,7 +170,7 @@ class Tracker:
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.set_tags({"failure_reason": f"interrupted: {exc or 'KeyboardInterrupt'}"})
+            self.set_tags({"failure_reason": f"interrupted: {str(exc) or 'KeyboardInterrupt (Ctrl-C)'}"})
             self.end("KILLED")
         else:
             reason = f"{exc_type.__name__}: {exc}"

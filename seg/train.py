@@ -32,13 +32,13 @@ from tqdm import tqdm
 from seg.config import build, flatten
 from seg.data.base import Case
 from seg.metrics import structure_rows, summarize
+from seg.schema import MONITORS, ConfigError, validate
 from seg.tracking import Tracker, kill_sweep_parent, runs_with_hash, sweep_parent
 from seg.viz import write_overlay
 
 log = logging.getLogger(__name__)
 
 
-MONITORS = ("val/dice", "val/iou")
 # top-level config keys that do not change what a run computes (see config_hash)
 HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "hydra", "resume", "debug", "n_jobs", "slurm",
                  "seeds", "class_weights")
@@ -242,11 +242,12 @@ def run(cfg: DictConfig) -> float:
     except ValueError:  # not the main thread: leave signals alone
         previous = None
     try:
+        validate(cfg)           # before anything is created: a typo makes no run and no experiment
         value = _run(cfg, ctx)
         job.update(status=job.get("outcome", "FINISHED"), value=value)
         return value
     except KeyboardInterrupt as exc:
-        job.update(status="KILLED", reason=f"interrupted: {exc or 'KeyboardInterrupt'}")
+        job.update(status="KILLED", reason=f"interrupted: {str(exc) or 'KeyboardInterrupt (Ctrl-C)'}")
         if job.get("parent_run_id"):
             kill_sweep_parent(job["tracking_uri"], job["parent_run_id"])
         raise
@@ -254,6 +255,9 @@ def run(cfg: DictConfig) -> float:
         job.update(status="FAILED", reason=f"{type(exc).__name__}: {exc}")
         if not ctx["multirun"]:
             raise
+        if isinstance(exc, ConfigError):
+            log.error("job %s FAILED before it started: %s", cfg.tracking.run_name, exc)
+            return math.nan
         log.exception("run %s FAILED (the sweep continues)", cfg.tracking.run_name)
         return math.nan
     finally:
