@@ -128,6 +128,14 @@ def reseed(compose: A.Compose, seed: int | None) -> None:
     compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
+def unit_slices(image: np.ndarray) -> np.ndarray:
+    """(D, H, W) any dtype -> float32, each slice min-max scaled to [0, 1] (a constant slice -> 0)."""
+    image = image.astype(np.float32)
+    lo = image.min(axis=(1, 2), keepdims=True)
+    span = image.max(axis=(1, 2), keepdims=True) - lo
+    return np.where(span > 0, (image - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
 def apply_image(transform: A.Compose, image: np.ndarray) -> np.ndarray:
     """image (H, W) -> float32 (S, S) through the image part of `transform` (evaluation)."""
     return _squeeze(transform(image=image)["image"])
