@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from seg.data import phantom
-from seg.data.phantom import (ACDC_GROUPS, COVID_CATEGORIES, COVID_COUNTS, COVID_SPLITS, COVID_SUBDIRS,
+from seg.data.phantoms import writers as phantom
+from seg.data.phantoms import (ACDC_GROUPS, COVID_CATEGORIES, COVID_COUNTS, COVID_SPLITS, COVID_SUBDIRS,
                               write_acdc, write_covid_qu_ex)
 
 NAME_PATTERNS = {"COVID-19": r"covid_\d+\.png", "Non-COVID": r"non_COVID \(\d+\)\.png",

@@ -12,9 +12,11 @@ import pytest
 import torch
 from nibabel.testing import data_path
 
-from seg.data.acdc import acdc, read_nifti
+from seg.data.datasets.acdc import acdc
+from seg.data.io.nifti import read_nifti
 from seg.data.base import Case
-from seg.data.covid import covid_infection, read_png
+from seg.data.datasets.covid import covid_infection
+from seg.data.io.png import read_png
 from seg.data.transforms import PairedDataset, apply_image, build_transforms
 
 S = 64
@@ -30,7 +32,7 @@ def _zscored(x: np.ndarray) -> bool:
 
 @pytest.fixture(scope="module")
 def covid(phantom_dir, covid_root):
-    return covid_infection(None, S, seed=0, phantom_dir=str(phantom_dir))
+    return covid_infection(str(covid_root), S, seed=0)
 
 
 def test_covid_reader_sizes_split_and_train_samples(covid, covid_root):
@@ -100,7 +102,7 @@ def test_covid_augmentation_is_seeded(covid_root):
 
 @pytest.fixture(scope="module")
 def cardiac(phantom_dir, acdc_root):
-    return acdc(None, S, seed=0, phantom_dir=str(phantom_dir))
+    return acdc(str(acdc_root), S, seed=0)
 
 
 def _info(folder):
@@ -299,10 +301,11 @@ def test_roots_not_in_the_layout_are_refused(tmp_path):
         acdc(str(tmp_path), S)
 
 
-def test_no_root_and_no_phantom_dir_is_an_error():
-    with pytest.raises(ValueError, match="phantom_dir"):
+def test_a_reader_without_root_names_the_option():
+    # readers only read: the phantom switch (root unset) is seg.data.open_dataset's job
+    with pytest.raises(ValueError, match=r"no root given; set dataset\.root="):
         covid_infection(None, S)
-    with pytest.raises(ValueError, match="phantom_dir"):
+    with pytest.raises(ValueError, match=r"no root given; set dataset\.root="):
         acdc(None, S)
 
 
