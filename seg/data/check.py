@@ -2,6 +2,7 @@
 
     python -m seg.data.check acdc /data/ACDC/database
     python -m seg.data.check covid_infection              # no ROOT: the embedded phantom
+    python -m seg.data.check png_pairs /data/my_task --set dataset.source.class_names=[lesion,edema]
     make check-data DATASET=covid_infection ROOT="/data/COVID-QU-Ex/Infection Segmentation Data"
 
 DATASET: a dataset config of conf/dataset/ (covid_infection, covid_lung, covid_radiography, acdc,
@@ -52,15 +53,17 @@ def dataset_config(dataset: str, overrides: tuple[str, ...] = ()) -> dict:
     return OmegaConf.to_container(cfg.dataset, resolve=True) | {"_cache": cfg.paths.cache}
 
 
-def check(dataset: str, root: str | Path | None = None) -> Report:
+def check(dataset: str, root: str | Path | None = None, overrides: tuple[str, ...] = ()) -> Report:
     """Run the check of the dataset config `dataset` on `root` (None / "": its phantom) -> Report.
+
+    overrides: Hydra overrides of the config, as given to run.py (e.g. `dataset.source.class_names=[a,b]`).
 
     ValueError for an unknown dataset (or one with no phantom and no root); FileNotFoundError
     (naming root and the layout) when root is not the dataset.
     """
     from seg.data.datasets import module_for
 
-    cfg = dataset_config(dataset)
+    cfg = dataset_config(dataset, tuple(overrides))
     source = dict(cfg["source"])
     module = module_for(source.get("_target_", ""))
     if root is None or str(root).strip() == "":
@@ -81,11 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", help="a dataset config: " + ", ".join(dataset_choices()))
     parser.add_argument("root", nargs="?", default=None,
                         help="the folder you pass as dataset.root (omitted: the embedded phantom)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a config override as given to run.py, e.g. dataset.source.class_names=[lesion]")
     parser.add_argument("--max-problems", type=int, default=50, help="problems listed (all are counted)")
     args = parser.parse_args(argv)
     try:
-        report = check(args.dataset, args.root)
+        report = check(args.dataset, args.root, tuple(args.overrides))
     except (FileNotFoundError, ValueError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001  (a bad --set: Hydra's override / composition errors)
+        if type(err).__module__.split(".")[0] not in ("hydra", "omegaconf"):
+            raise
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
     print(report.render(args.max_problems))
