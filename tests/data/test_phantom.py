@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from seg.data.phantoms import writers as phantom
+import seg.data.phantoms as phantom
 from seg.data.phantoms import (ACDC_GROUPS, COVID_CATEGORIES, COVID_COUNTS, COVID_SPLITS, COVID_SUBDIRS,
                               write_acdc, write_covid_qu_ex)
 
@@ -232,7 +232,7 @@ def test_a_write_killed_mid_way_leaves_no_hidden_temp_folder_behind(tmp_path):
 
     from seg import PROJECT_ROOT
 
-    code = ("import sys, time\nfrom pathlib import Path\nfrom seg.data.phantoms import writers\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom seg.data.phantoms import common as writers\n"
             "def build(folder):\n    folder.mkdir(parents=True)\n    (folder / 'half.txt').write_text('x')\n"
             "    print('writing', flush=True)\n    time.sleep(120)\n"
             f"writers._write_once({str(tmp_path)!r}, 'toy-v1', 'tree', build, 'toy')\n")

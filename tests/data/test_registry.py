@@ -3,7 +3,6 @@ references, the phantom switch of `open_dataset`, and the renamed `phantom_*` co
 from __future__ import annotations
 
 import importlib
-import re
 import subprocess
 import sys
 

@@ -9,7 +9,8 @@
     acdc               <cache>/acdc-v1/database                               acdc, acdc_lv, acdc_rv
     ct_heart           <cache>/ct_heart-v1/ct_heart                           ct_heart
 
-A dataset config names its generator (`phantom.writer`); `seg.data.open_dataset` calls `write`
+Modules: `xray` (the three PNG chest X-ray trees), `cardiac` (ACDC), `ct` (CT heart), `common` (the
+write-once cache, shared by all). A dataset config names its generator (`phantom.writer`); `seg.data.open_dataset` calls `write`
 when `dataset.root` is unset. The dataset readers never import this package.
 """
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from seg.data.phantoms.writers import (  # noqa: F401  (re-exported)
-    ACDC_GROUPS, ACDC_TESTING, ACDC_TRAINING, ACDC_VERSION, COVID_CATEGORIES, COVID_COUNTS, COVID_SPLITS,
-    COVID_SUBDIRS, COVID_VERSION, CT_VERSION, LUNG_VERSION, RADIOGRAPHY_VERSION, SEED, remove_stale_temps,
-    write_acdc, write_covid_lung, write_covid_qu_ex, write_covid_radiography, write_ct_heart,
+from seg.data.phantoms.cardiac import ACDC_GROUPS, ACDC_TESTING, ACDC_TRAINING, ACDC_VERSION, write_acdc  # noqa: F401
+from seg.data.phantoms.common import SEED, _write_once, remove_stale_temps  # noqa: F401
+from seg.data.phantoms.ct import CT_VERSION, write_ct_heart  # noqa: F401
+from seg.data.phantoms.xray import (  # noqa: F401
+    COVID_CATEGORIES, COVID_COUNTS, COVID_SPLITS, COVID_SUBDIRS, COVID_VERSION, LUNG_VERSION, RADIOGRAPHY_VERSION,
+    write_covid_lung, write_covid_qu_ex, write_covid_radiography,
 )
 
 WRITERS = {
