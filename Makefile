@@ -7,7 +7,7 @@ PORT   ?= 5000
 ARGS   ?=
 DATASET ?= covid_infection
 ROOT   ?=
-SWEEP  := experiment=phantom_covid_arch_x_loss
+SWEEP  := experiment=covid_arch_x_loss
 
 .DEFAULT_GOAL := help
 .PHONY: help install run sweep test test-all ui summary bench report check-data predict clean

@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 import seg.config  # noqa: F401  (registers the project_root resolver used by conf/config.yaml)
+from seg.data.renamed import refused
 
 
 def _one_line(exc: BaseException) -> str:
@@ -48,4 +49,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    renamed = refused(sys.argv[1:])     # dataset=phantom_xray & co.: one line naming the new config
+    if renamed:
+        sys.exit(f"error: {renamed}")
     main()

@@ -32,6 +32,15 @@ if not OmegaConf.has_resolver("cpu_share"):
     OmegaConf.register_new_resolver("cpu_share", cpu_share)
 
 
+def if_null(value: Any, then: Any, otherwise: Any) -> Any:
+    """`${if_null:${dataset.root},A,B}`: A when the value is null (e.g. the phantom), else B."""
+    return then if value is None or (isinstance(value, str) and value.strip() == "") else otherwise
+
+
+if not OmegaConf.has_resolver("if_null"):
+    OmegaConf.register_new_resolver("if_null", if_null)
+
+
 def build(node: DictConfig, **kwargs: Any) -> Any:
     """Instantiate a `_target_` node without its META_KEYS; kwargs are run-time arguments.
 

@@ -138,14 +138,14 @@ READERS: dict[str, Callable[[dict], Reader]] = {
 
 
 def reader_for(config: dict) -> Reader:
-    """The intensity scaling and structure names of the checkpoint's dataset reader (by `_target_`)."""
-    dataset = config.get("dataset") or {}
-    source = dataset.get("source") or {}
-    target = source.get("_target_", "")
-    if target not in READERS:
-        raise ModelError(f"the checkpoint's dataset reader {target!r} (dataset {dataset.get('name')!r}) is not "
-                         f"known to seg.predict; known readers: {', '.join(READERS)}")
-    return READERS[target](source)
+    """The intensity scaling and structure names of the checkpoint's dataset (its `dataset.source._target_`),
+    from that dataset's module (`seg.data.datasets.predict_reader`: a closed lookup)."""
+    from seg.data.datasets import UnknownDataset, predict_reader
+
+    try:
+        return predict_reader(config)
+    except UnknownDataset as err:
+        raise ModelError(f"the checkpoint's {err}") from None
 
 
 @dataclass

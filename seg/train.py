@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seg.config import build, flatten
+from seg.data import open_dataset
 from seg.data.base import Case
 from seg.metrics import structure_rows, summarize
 from seg.schema import MONITORS, ConfigError, validate
@@ -348,7 +349,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     if t.accumulate < 1:
         raise ValueError(f"trainer.accumulate={t.accumulate}; expected an integer >= 1")
     num_classes = int(cfg.dataset.num_classes)
-    data = build(cfg.dataset.source, seed=cfg.seed)
+    data = open_dataset(cfg.dataset, seed=cfg.seed, cache_dir=cfg.paths.cache)
     (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
     tracker.log_artifact(out_dir / "split.json")
     log.info("data: %d training samples, %d val cases, %d test cases, structures %s",

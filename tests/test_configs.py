@@ -22,9 +22,8 @@ def test_groups_hold_the_documented_choices():
     assert choices("model") == ["resunet", "transunet", "unet"]
     assert choices("loss") == ["bce", "bce_dice", "dice", "dice_focal", "focal", "wce"]
     assert set(choices("dataset")) == {"acdc", "acdc_lv", "acdc_rv", "covid_infection", "covid_lung",
-                                       "covid_radiography", "ct_heart", "phantom_acdc_lv", "phantom_acdc_rv",
-                                       "phantom_cardiac", "phantom_ct_heart", "phantom_lung",
-                                       "phantom_radiography", "phantom_xray"}
+                                       "covid_radiography", "ct_heart", "png_pairs"}
+    assert choices("transforms") == ["default", "window"]
     assert choices("launcher") == ["joblib", "slurm", "submitit_local"]
     assert choices("hparams") == ["optuna"]
     assert choices("optimizer") == ["adam", "adamw", "sgd"]
@@ -34,7 +33,7 @@ def test_groups_hold_the_documented_choices():
 
 
 @pytest.mark.parametrize("model", choices("model"))
-@pytest.mark.parametrize("dataset", ["phantom_xray", "phantom_cardiac"])
+@pytest.mark.parametrize("dataset", ["covid_infection", "acdc"])
 def test_model_configs_instantiate_cpu(model, dataset):
     cfg = compose_cfg([f"model={model}", f"dataset={dataset}", "profile.image_size=32"])
     net = build(cfg.model)
@@ -50,7 +49,7 @@ def test_model_configs_compose_paper(model):
 
 
 @pytest.mark.parametrize("loss", choices("loss"))
-@pytest.mark.parametrize("dataset", ["phantom_xray", "phantom_cardiac"])
+@pytest.mark.parametrize("dataset", ["covid_infection", "acdc"])
 def test_loss_configs_instantiate(loss, dataset):
     cfg = compose_cfg([f"loss={loss}", f"dataset={dataset}"])
     k = cfg.dataset.num_classes
@@ -69,7 +68,7 @@ def test_optimizer_and_scheduler_configs_instantiate(optimizer, scheduler):
 
 
 def test_bce_on_multiclass_is_cross_entropy():
-    cfg = compose_cfg(["loss=bce", "dataset=phantom_cardiac"])
+    cfg = compose_cfg(["loss=bce", "dataset=acdc"])
     logits, target = torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8))
     assert build(cfg.loss)(logits, target).item() == pytest.approx(
         torch.nn.functional.cross_entropy(logits, target).item(), abs=1e-6)
@@ -79,6 +78,8 @@ def test_paths_resolve_from_the_project_root():
     cfg = compose_cfg([])
     assert cfg.paths.root == str(PROJECT_ROOT)
     assert cfg.tracking.run_name == "unet-dice-s0"
+    assert cfg.dataset.name == "covid_infection" and cfg.dataset.root is None     # the embedded phantom
+    assert cfg.tracking.experiment == "phantom_xray"                               # as phantom runs always were
 
 
 def test_unknown_choice_lists_the_valid_ones():

@@ -1,27 +1,73 @@
-"""Dataset readers, one module per on-disk format, and the phantom data written in those formats.
+"""The data layer: format IO, one module per dataset, the phantoms, and the one switch between them.
 
-    seg.data.covid.covid_infection         COVID-QU-Ex "Infection Segmentation Data" (PNG)
-    seg.data.covid.covid_lung              COVID-QU-Ex "Lung Segmentation Data" (PNG)
-    seg.data.radiography.covid_radiography COVID-19 Radiography Database (PNG 299 / masks 256)
-    seg.data.acdc.acdc                     ACDC cine MRI database (NIfTI); read_nifti; labels= for LV / RV
-    seg.data.ct_heart.ct_heart             CT heart, Kaggle layout (PNG slices; DICOM test scans)
-    seg.data.dicom                         read_dicom, read_dicom_series, ct_window, write_dicom_slice
-    seg.data.check                         `python -m seg.data.check DATASET ROOT`: validate a tree
-    seg.data.phantom                       write_covid_qu_ex, write_covid_lung, write_covid_radiography,
-                                           write_acdc, write_ct_heart (phantoms in the real layouts)
-    seg.data.transforms                    build_transforms (paired albumentations), PairedDataset
-    seg.data.layout                        resolve_root (wrong-level hints), PNG checks, stratified_split
-    seg.data.base                          Case, SegData (what every reader returns)
+    seg.data.open_dataset(dataset_cfg, seed, cache_dir) -> SegData     what training calls
+    seg.data.io          png, nifti, dicom: format IO only
+    seg.data.datasets    one module per dataset: reader, check, predict preprocessing, class names,
+                         published references (adding a dataset = one module + one conf/dataset yaml)
+    seg.data.phantoms    generators that write small trees in the real formats and return a root
+    seg.data.pairs       generic PNG image/mask pairs (items, train / evaluation datasets)
+    seg.data.validate    checks shared by the readers and `seg.data.check`; validate_cases
+    seg.data.check       `python -m seg.data.check DATASET ROOT`: validate a tree (CLI)
+    seg.data.transforms  build_transforms (paired albumentations), PairedDataset
+    seg.data.layout      resolve_root (wrong-level hints), stratified_split
+    seg.data.base        Case, SegData, Reader, Reference, Published
+    seg.data.renamed     config names that changed, and the message naming the new one
 
-Import readers from their modules (config targets name them so: `seg.data.acdc.acdc`); this
-package re-exports only the interface dataclasses, so the name of a module is never shadowed
-by a function of the same name.
+Data flows one way: config -> open_dataset -> (phantom writer, if root is unset) -> reader ->
+SegData. Readers never import the phantoms.
 """
 import os
 
 # albumentations asks PyPI for a newer version on import (2 s timeout per process when offline)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from seg.data.base import Case, SegData  # noqa: E402
+__all__ = ["Case", "SegData", "open_dataset"]
 
-__all__ = ["Case", "SegData"]
+
+def open_dataset(dataset_cfg, seed: int, cache_dir):
+    """The dataset of a run: `dataset` config node, seed, cache folder -> SegData, val/test checked.
+
+    dataset_cfg: the run's `dataset` node (DictConfig or dict) with `name`, `root`, `source` (a
+        `_target_` node: the reader and its arguments) and `phantom.writer` (the generator of the
+        embedded phantom, `seg.data.phantoms.WRITERS`).
+    seed: fixes the split (where the reader makes one) and the training augmentations.
+    cache_dir: where phantoms are written (`<cache_dir>/phantom/...`, once; `paths.cache`).
+
+    `dataset.root` set: the reader reads that folder. Unset (null): the dataset's phantom is written
+    once (or found) under cache_dir and the same reader reads it. Then every validation and test
+    case is read and checked (labels, shapes, dtype, finite values, spacing > 0; the readers add
+    image / label geometry), so a corrupt file fails here, naming it, before epoch 1.
+    Errors: ValueError / FileNotFoundError naming the option or the file.
+    """
+    from pathlib import Path
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from seg.config import build
+    from seg.data.validate import validate_cases
+
+    cfg = OmegaConf.create(dataset_cfg) if not isinstance(dataset_cfg, DictConfig) else dataset_cfg
+    name = cfg.get("name", "dataset")
+    root = cfg.get("root")
+    if root is None or str(root).strip() == "":
+        writer = OmegaConf.select(cfg, "phantom.writer")
+        if not writer:
+            raise ValueError(f"dataset {name}: dataset.root is unset and this dataset has no embedded phantom; "
+                             f"set dataset.root=/path/to/the/data")
+        if cache_dir is None:
+            raise ValueError(f"dataset {name}: dataset.root is unset (the embedded phantom) but no cache "
+                             "folder was given to write it to (paths.cache)")
+        from seg.data.phantoms import write
+
+        root = write(str(writer), Path(cache_dir) / "phantom")
+    data = build(cfg.source, seed=seed, root=str(root))
+    validate_cases(data, what=f"dataset {name} ({root})")
+    return data
+
+
+def __getattr__(name):   # Case / SegData on first use: `import seg.data.renamed` stays light
+    if name in ("Case", "SegData"):
+        from seg.data import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'seg.data' has no attribute {name!r}")

@@ -1,11 +1,12 @@
-"""The two objects every dataset reader returns: training samples and evaluation cases.
+"""The interface objects of the data layer: what a reader returns (SegData of Cases), what predict
+needs of a dataset (Reader) and a dataset's published results (Reference, Published).
 
 Data flows one way: reader (on-disk format) -> paired transforms -> SegData -> train loop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -44,3 +45,37 @@ class SegData:
     test: Sequence[Case]
     class_names: list[str]
     split: dict[str, list[str]]
+
+
+@dataclass
+class Reader:
+    """What `seg.predict` needs of a dataset: how its reader scales intensities, and its class names.
+
+    name:        the dataset module ("acdc", "covid", ...)
+    scale:       raw pixels (D, H, W) (uint8 for 8-bit images, float32 modality units otherwise) ->
+                 what the reader hands to the transform: (D, H, W) uint8, or float32 in [0, 1]
+    class_names: foreground structure names, as SegData.class_names
+    """
+
+    name: str
+    scale: Callable[[np.ndarray], np.ndarray]
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published result on the real data set (never computed here): Dice in % per structure + "mean"."""
+
+    method: str
+    dice: dict
+    source: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Published:
+    """The published references of a task: references, the real data set they are on, what is left out."""
+
+    references: tuple[Reference, ...] = ()
+    real_data: str = ""
+    not_included: str = ""

@@ -2,8 +2,10 @@
 
 Image and mask go through ONE albumentations call, so geometry never diverges. Images are
 resized bilinearly, masks with nearest neighbour (INTER_NEAREST_EXACT for Resize: pixel-centre
-aligned like the bilinear image resize; INTER_NEAREST for the affine warp), so a mask never
-holds interpolated values. The last step is a per-image z-score (mean 0, std 1, clipped to
+aligned like the bilinear image resize; INTER_NEAREST for the Affine and Elastic warps, the only
+nearest mode OpenCV's warpAffine / remap offer: albumentations refuses INTER_NEAREST_EXACT there),
+so a mask never holds interpolated values (a linear resize of an edge between classes 1 and 3
+would invent a class 2). The last step is a per-image z-score (mean 0, std 1, clipped to
 +-20; a constant image becomes zeros).
 
 Input: image (H, W) uint8 (0..255) or float32 scaled to [0, 1]; mask (H, W) uint8 class indices.
@@ -126,6 +128,14 @@ def reseed(compose: A.Compose, seed: int | None) -> None:
     (albumentations 2.0 seeds each step with the same seed, which correlates their draws.)
     """
     compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def unit_slices(image: np.ndarray) -> np.ndarray:
+    """(D, H, W) any dtype -> float32, each slice min-max scaled to [0, 1] (a constant slice -> 0)."""
+    image = image.astype(np.float32)
+    lo = image.min(axis=(1, 2), keepdims=True)
+    span = image.max(axis=(1, 2), keepdims=True) - lo
+    return np.where(span > 0, (image - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
 
 
 def apply_image(transform: A.Compose, image: np.ndarray) -> np.ndarray:

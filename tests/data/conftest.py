@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seg.data.phantom import write_acdc, write_covid_qu_ex
+from seg.data.phantoms import write_acdc, write_covid_qu_ex
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def acdc_copy(acdc_root, tmp_path):
 @pytest.fixture(scope="session")
 def lung_root(phantom_dir) -> Path:
     """<phantom_dir>/covid_qu_ex_lung-v1/Lung Segmentation Data (read only)."""
-    from seg.data.phantom import write_covid_lung
+    from seg.data.phantoms import write_covid_lung
 
     return write_covid_lung(phantom_dir)
 
@@ -68,7 +68,7 @@ def lung_root(phantom_dir) -> Path:
 @pytest.fixture(scope="session")
 def radiography_root(phantom_dir) -> Path:
     """<phantom_dir>/covid_radiography-v1/COVID-19_Radiography_Dataset (read only)."""
-    from seg.data.phantom import write_covid_radiography
+    from seg.data.phantoms import write_covid_radiography
 
     return write_covid_radiography(phantom_dir)
 
@@ -76,6 +76,6 @@ def radiography_root(phantom_dir) -> Path:
 @pytest.fixture(scope="session")
 def ct_root(phantom_dir) -> Path:
     """<phantom_dir>/ct_heart-v1/ct_heart (read only: copy before editing)."""
-    from seg.data.phantom import write_ct_heart
+    from seg.data.phantoms import write_ct_heart
 
     return write_ct_heart(phantom_dir)

@@ -14,12 +14,15 @@ import pytest
 
 from seg import PROJECT_ROOT
 from seg.config import build
-from seg.data.acdc import acdc, read_nifti
+from seg.data.datasets.acdc import acdc
+from seg.data.io.nifti import read_nifti
+from seg.data import open_dataset
 from seg.data.check import check, main as check_main
-from seg.data.covid import covid_infection, covid_lung
-from seg.data.ct_heart import ct_heart, dicom_input
-from seg.data.dicom import ct_window
-from seg.data.radiography import covid_radiography
+from seg.data.phantoms import WRITERS
+from seg.data.datasets.covid import covid_infection, covid_lung
+from seg.data.datasets.ct_heart import ct_heart, dicom_input
+from seg.data.io.dicom import ct_window
+from seg.data.datasets.radiography import covid_radiography
 from seg.data.transforms import build_transforms, transforms_pair
 from tests.conftest import compose_cfg
 
@@ -36,17 +39,30 @@ def test_every_dataset_config_names_root_normalisation_and_pipeline(name):
     cfg = compose_cfg([f"dataset={name}"])
     ds = cfg.dataset
     assert ds.name == name and ds.in_channels == 1 and ds.num_classes >= 1
-    assert "root" in ds and ds.source.root == ds.root            # dataset.root=... reaches the reader
-    assert ds.source.transforms.normalize in ("zscore", "fixed", "window")
+    assert "root" in ds and ds.root is None and "root" not in ds.source   # open_dataset hands the root over
+    assert ds.source.transforms.normalize == ("window" if name == "ct_heart" else "zscore")
+    assert dict(ds.source.transforms) == dict(cfg.transforms)              # the conf/transforms/ group
     assert {"hflip", "rotate", "scale", "brightness_contrast", "elastic"} <= set(ds.source.transforms)
-    assert (ds.source.phantom_dir is None) == (not name.startswith("phantom_"))
+    if name == "png_pairs":
+        assert "phantom" not in ds
+    else:
+        assert ds.phantom.writer in WRITERS and ds.phantom.experiment.startswith("phantom_")
+        assert cfg.tracking.experiment == ds.phantom.experiment              # root unset: the phantom's experiment
+        assert compose_cfg([f"dataset={name}", "dataset.root=/data/x"]).tracking.experiment == name
 
 
 @pytest.mark.parametrize("name", ["acdc", "covid_infection", "covid_lung", "covid_radiography", "ct_heart"])
-def test_real_dataset_without_root_says_which_option_to_set(name):
+def test_real_dataset_reader_without_root_says_which_option_to_set(name):
     cfg = compose_cfg([f"dataset={name}"])
     with pytest.raises(ValueError, match=r"dataset\.root="):
-        build(cfg.dataset.source, seed=0)
+        build(cfg.dataset.source, seed=0, root=None)
+
+
+def test_dataset_without_phantom_and_root_says_which_option_to_set(tmp_path):
+    cfg = compose_cfg(["dataset=png_pairs"])
+    with pytest.raises(ValueError, match=r"^dataset png_pairs: dataset.root is unset and this dataset has no "
+                                         r"embedded phantom; set dataset.root=/path/to/the/data$"):
+        open_dataset(cfg.dataset, seed=0, cache_dir=tmp_path)
 
 
 def test_labels_of_the_binary_acdc_configs():
@@ -308,12 +324,24 @@ def test_read_nifti_matches_nibabel_on_its_shipped_files(name):
     from nibabel.testing import data_path
 
     img = nib.load(data_path / name)
-    vol = read_nifti(data_path / name)
+    vol = read_nifti(data_path / name, finite=False)
     data = np.asanyarray(img.dataobj)
     assert np.array_equal(vol.array, data.transpose(tuple(range(data.ndim))[::-1]), equal_nan=True)
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
     assert vol.spacing == pytest.approx((zooms[2], zooms[1], zooms[0]))
     np.testing.assert_array_equal(vol.affine, img.affine)
+
+
+def test_read_nifti_refuses_nan_voxels_naming_the_file_and_their_count():
+    """nibabel's resampled_anat_moved.nii holds NaN outside the resampled field of view."""
+    import nibabel as nib
+    from nibabel.testing import data_path
+
+    path = data_path / "resampled_anat_moved.nii"
+    n_nan = int(np.isnan(np.asanyarray(nib.load(path).dataobj)).sum())
+    assert n_nan == 153
+    with pytest.raises(ValueError, match=re.escape(f"{path}: 153 voxel(s) are NaN or infinite")):
+        read_nifti(path)
 
 
 def test_read_nifti_refuses_cifti_naming_the_file():
@@ -349,7 +377,7 @@ def test_acdc_reader_on_a_database_built_from_nibabels_anatomical_file(tmp_path)
 
 @pytest.mark.parametrize("writer", ["write_ct_heart", "write_covid_radiography"])
 def test_new_phantom_writers_are_deterministic(writer, tmp_path):
-    from seg.data import phantom
+    import seg.data.phantoms as phantom
 
     a, b = (getattr(phantom, writer)(tmp_path / d) for d in ("a", "b"))
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())

@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
-from seg.data.acdc import read_nifti
-from seg.data.dicom import (ct_window, list_dicom_files, read_dicom, read_dicom_series,
+from seg.data.io.nifti import read_nifti
+from seg.data.io.dicom import (ct_window, list_dicom_files, read_dicom, read_dicom_series,
                             write_dicom_slice)
 
 CT_SMALL = get_testdata_file("CT_small.dcm")

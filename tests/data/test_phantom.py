@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from seg.data import phantom
-from seg.data.phantom import (ACDC_GROUPS, COVID_CATEGORIES, COVID_COUNTS, COVID_SPLITS, COVID_SUBDIRS,
+import seg.data.phantoms as phantom
+from seg.data.phantoms import (ACDC_GROUPS, COVID_CATEGORIES, COVID_COUNTS, COVID_SPLITS, COVID_SUBDIRS,
                               write_acdc, write_covid_qu_ex)
 
 NAME_PATTERNS = {"COVID-19": r"covid_\d+\.png", "Non-COVID": r"non_COVID \(\d+\)\.png",
@@ -215,3 +215,51 @@ def test_racing_writers_share_one_tree(tmp_path):
 def test_writer_needs_a_cache_dir():
     with pytest.raises(ValueError, match="cache_dir"):
         write_covid_qu_ex(None)
+
+
+def _quick_build(folder: Path) -> int:
+    folder.mkdir(parents=True)
+    (folder / "data.txt").write_text("done")
+    return 1
+
+
+def test_a_write_killed_mid_way_leaves_no_hidden_temp_folder_behind(tmp_path):
+    """kill -9 during a phantom write: the next write removes the dead writer's hidden temp folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from seg import PROJECT_ROOT
+
+    code = ("import sys, time\nfrom pathlib import Path\nfrom seg.data.phantoms import common as writers\n"
+            "def build(folder):\n    folder.mkdir(parents=True)\n    (folder / 'half.txt').write_text('x')\n"
+            "    print('writing', flush=True)\n    time.sleep(120)\n"
+            f"writers._write_once({str(tmp_path)!r}, 'toy-v1', 'tree', build, 'toy')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and re.fullmatch(rf"\.toy-v1\.tmp-.+-{proc.pid}-[0-9a-f]{{8}}", left[0]), left
+    assert phantom._write_once(tmp_path, "toy-v1", "tree", _quick_build, "toy") == tmp_path / "toy-v1" / "tree"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy-v1"]
+
+
+def test_only_stale_temp_folders_are_removed(tmp_path):
+    import os
+    import socket
+
+    host = socket.gethostname()
+    live = tmp_path / f".toy-v1.tmp-{host}-{os.getpid()}-0123abcd"            # a writer still at work
+    foreign_new = tmp_path / ".toy-v1.tmp-otherhost-12-0123abcd"            # another machine, recent
+    foreign_old = tmp_path / ".toy-v1.tmp-otherhost-13-0123abcd"            # another machine, 7 h untouched
+    other = tmp_path / ".not-a-phantom-temp"
+    for path in (live, foreign_new, foreign_old, other):
+        path.mkdir()
+    old = time.time() - 7 * 3600
+    os.utime(foreign_old, (old, old))
+    assert phantom.remove_stale_temps(tmp_path) == [foreign_old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, foreign_new, other))

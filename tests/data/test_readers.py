@@ -12,9 +12,11 @@ import pytest
 import torch
 from nibabel.testing import data_path
 
-from seg.data.acdc import acdc, read_nifti
+from seg.data.datasets.acdc import acdc
+from seg.data.io.nifti import read_nifti
 from seg.data.base import Case
-from seg.data.covid import covid_infection, read_png
+from seg.data.datasets.covid import covid_infection
+from seg.data.io.png import read_png
 from seg.data.transforms import PairedDataset, apply_image, build_transforms
 
 S = 64
@@ -30,7 +32,7 @@ def _zscored(x: np.ndarray) -> bool:
 
 @pytest.fixture(scope="module")
 def covid(phantom_dir, covid_root):
-    return covid_infection(None, S, seed=0, phantom_dir=str(phantom_dir))
+    return covid_infection(str(covid_root), S, seed=0)
 
 
 def test_covid_reader_sizes_split_and_train_samples(covid, covid_root):
@@ -100,7 +102,7 @@ def test_covid_augmentation_is_seeded(covid_root):
 
 @pytest.fixture(scope="module")
 def cardiac(phantom_dir, acdc_root):
-    return acdc(None, S, seed=0, phantom_dir=str(phantom_dir))
+    return acdc(str(acdc_root), S, seed=0)
 
 
 def _info(folder):
@@ -246,6 +248,40 @@ def test_resize_keeps_a_one_pixel_label_grid_exact():
     assert np.array_equal(out, np.kron(np.arange(16).reshape(4, 4) % 4, np.ones((4, 4))).astype(np.uint8))
 
 
+def _edge_and_stripes() -> np.ndarray:
+    """50x50 mask: top half an edge between classes 1 and 3 (a linear resize invents a 2 there),
+    bottom half one-pixel stripes 0/1 (a resize that is not pixel-centre aligned shifts them)."""
+    mask = np.ones((50, 50), np.uint8)
+    mask[:25, 25:] = 3
+    mask[25:, 1::2] = 0
+    return mask
+
+
+def _mask_steps(compose) -> dict[str, int]:
+    return {type(t).__name__: t.mask_interpolation for t in compose.transforms if hasattr(t, "mask_interpolation")}
+
+
+def test_mask_upscale_50_to_96_is_pixel_centre_nearest_without_new_classes():
+    mask = _edge_and_stripes()
+    out = build_transforms(96, train=False)(image=mask.astype(np.float32), mask=mask)["mask"]
+    src = np.floor((np.arange(96) + 0.5) * 50 / 96).astype(int)       # the source pixel whose centre is nearest
+    assert set(np.unique(out)) == {0, 1, 3}                            # LINEAR would add 2 along the edge
+    assert np.array_equal(out, mask[src][:, src])                      # INTER_NEAREST shifts the stripes
+
+
+def test_every_mask_step_interpolates_nearest():
+    """Resize: INTER_NEAREST_EXACT. Affine and Elastic: INTER_NEAREST, the only nearest mode of OpenCV's
+    warps (albumentations refuses INTER_NEAREST_EXACT for them); never LINEAR."""
+    compose = build_transforms(96, train=True, seed=0, elastic=0.5)
+    steps = _mask_steps(compose)
+    assert steps == {"Resize": cv2.INTER_NEAREST_EXACT, "Affine": cv2.INTER_NEAREST,
+                     "ElasticTransform": cv2.INTER_NEAREST}
+    mask = _edge_and_stripes()
+    for _ in range(30):                                                 # warps never invent a class either
+        out = compose(image=mask.astype(np.float32), mask=mask)["mask"]
+        assert set(np.unique(out)) <= {0, 1, 3}
+
+
 class _Same(PairedDataset):
     def __init__(self, n=8):
         super().__init__(build_transforms(32, train=True, seed=0))
@@ -299,10 +335,11 @@ def test_roots_not_in_the_layout_are_refused(tmp_path):
         acdc(str(tmp_path), S)
 
 
-def test_no_root_and_no_phantom_dir_is_an_error():
-    with pytest.raises(ValueError, match="phantom_dir"):
+def test_a_reader_without_root_names_the_option():
+    # readers only read: the phantom switch (root unset) is seg.data.open_dataset's job
+    with pytest.raises(ValueError, match=r"no root given; set dataset\.root="):
         covid_infection(None, S)
-    with pytest.raises(ValueError, match="phantom_dir"):
+    with pytest.raises(ValueError, match=r"no root given; set dataset\.root="):
         acdc(None, S)
 
 
