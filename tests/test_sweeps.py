@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from seg import PROJECT_ROOT
 from seg.config import cpu_share
 from seg.tracking import PARENT_TAG, search_runs
-from seg.train import HASH_EXCLUDED, config_hash
+from seg.sweep import HASH_EXCLUDED, config_hash
 from tests.conftest import compose_cfg
 
 TINY = ["profile.image_size=32", "profile.epochs=1", "trainer.limit_train_batches=2", "tracking.overlays=1"]

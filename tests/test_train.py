@@ -169,7 +169,7 @@ class _CountingSGD(torch.optim.SGD):
 
 @pytest.mark.parametrize("accumulate,expected_steps", [(1, 5), (2, 3), (5, 1)])
 def test_gradient_accumulation_steps(accumulate, expected_steps):
-    from seg.train import train_epoch
+    from seg.engine.loop import train_epoch
 
     torch.manual_seed(0)
     data = [(torch.randn(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16))) for _ in range(5)]
@@ -184,7 +184,7 @@ def test_gradient_accumulation_steps(accumulate, expected_steps):
 
 def test_evaluate_batches_2d_cases_and_scores_each_like_predict():
     from seg.data.base import Case
-    from seg.train import _batches, evaluate, predict
+    from seg.engine.inference import batches as _batches, evaluate, predict_case as predict
 
     rng = np.random.default_rng(0)
     def case(i, size, is_3d=False, d=1):

@@ -21,7 +21,6 @@ from a stored config only through `seg.models.build_model` (a closed allowlist o
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import random
