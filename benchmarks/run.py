@@ -23,8 +23,8 @@ Sections, in order:
             validation Dice/IoU, checkpoint, MLflow logging to a temporary sqlite store) for 2 epochs;
             the second epoch's training images / wall time, divided by the bare step throughput
             measured just before and after it for the same model, batch and size. Where the time
-            goes is measured by timing wrappers around the loop's DataLoader, train_epoch, evaluate,
-            predict, structure_rows and Tracker.log_metrics (the loop's code itself is unchanged);
+            goes is measured by a hook on the engine's loop (seg.engine.loop.Hook.on_span: DataLoader
+            wait, training, validation forward / metrics, the epoch-end logging; the loop is unchanged);
             "network / loop" also counts validation's bare forward passes as network work.
   peers     MONAI BasicUNet and UNet (num_res_units=2) at the parameter count nearest to our U-Net
             `cpu` preset, same step benchmark, interleaved rounds with ours; img/s and per-GFLOP ratios.
@@ -388,7 +388,7 @@ def loop_row(model_name: str, dataset: str, workdir: Path, quick: bool, threads:
     run_s = time.perf_counter() - start
     step_after = bench_train(bare, in_ch, n_cls, size, batch, iters=3 if quick else 5, warmup=1)
     step_ips = (step_before + step_after) / 2
-    # seg.train.evaluate predicts 2D validation cases 16 per forward pass: the bare forward at that batch
+    # seg.engine.inference.evaluate predicts 2D validation cases 16 per forward pass: the bare forward at that batch
     forward_ips = bench_forward(bare, in_ch, size, batch=16, window=0.2 if quick else 0.4)
     loop_step_ips = bench_loop_step(cfg, bare, batches=3 if quick else 6)
     epochs = probe.epochs()
@@ -827,10 +827,10 @@ def write_md(res: dict) -> str:
                       "DataLoader; step extra = the loop's steps beyond the bare step (the run's loss, grad "
                       "clipping, isfinite check, loss.item(); negative = they ran faster, i.e. noise); "
                       "validation's "
-                      "bare forward passes, the rest of seg.train.predict (logits resized back, threshold), "
+                      "bare forward passes, the rest of seg.engine.inference.predict_images (logits resized back, threshold), "
                       "validation Dice/IoU (structure_rows), reading + resizing the val cases, MLflow logging, "
                       "and the rest (checkpoint, scheduler). The last column: the same step extra measured "
-                      "by running seg.train.train_epoch on pre-loaded tensors (median of single-batch calls; "
+                      "by running seg.engine.loop.train_epoch on pre-loaded tensors (median of single-batch calls; "
                       "a second, noisier estimate of the step's own overhead, without the loader). Goal for "
                       f"both ratios >= {loop['goal']:.2f}."]
     else:

@@ -15,7 +15,7 @@ from seg import PROJECT_ROOT
 from seg.config import cpu_share
 from seg.tracking import PARENT_TAG, search_runs
 from seg.sweep import HASH_EXCLUDED, config_hash
-from tests.conftest import compose_cfg
+from tests.helpers.compose import compose_cfg, compose_resolved
 
 TINY = ["profile.image_size=32", "profile.epochs=1", "trainer.limit_train_batches=2", "tracking.overlays=1"]
 
@@ -31,11 +31,9 @@ STUDIES = {
 
 def _grid(experiment: str, overrides: list[str] = ()) -> tuple:
     """(composed config, list of job override lists) as Hydra's basic sweeper expands the experiment."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True)
+    cfg = compose_cfg([f"experiment={experiment}", *overrides], return_hydra_config=True)
     parser = OverridesParser.create()
     axes = [[f"{k}={v}" for v in parser.parse_override(f"{k}={v}").sweep_string_iterator()]
             for k, v in cfg.hydra.sweeper.params.items()]
@@ -76,16 +74,10 @@ def test_weighted_ce_of_the_acdc_study_takes_its_class_weights():
 
 def test_config_hash_ignores_sweep_mechanics_not_settings():
     base = ["model=unet", "loss=dice"]
-    h = lambda o: config_hash(compose_cfg_resolved(base + o), [])
+    h = lambda o: config_hash(compose_resolved(base + o), [])
     assert h([]) == h(["resume=false", "debug.sigterm_after_epoch=2", "threads=1", "device=cpu"])
     assert h([]) != h(["seed=1"]) and h([]) != h(["optimizer.lr=0.01"]) and h([]) != h(["trainer.epochs=3"])
     assert {"resume", "debug", "threads", "seeds"} <= set(HASH_EXCLUDED)
-
-
-def compose_cfg_resolved(overrides):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(compose_cfg(overrides), resolve=True)
 
 
 def test_joblib_launcher_splits_the_cores_between_jobs():

@@ -25,7 +25,6 @@ import os
 import pickle
 import random
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -201,7 +200,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
                                   "lists, numbers, strings) are accepted, as written by seg.train") from None
         raise CheckpointError(f"not a PyTorch checkpoint: {path} "
                               f"({text.splitlines()[0] if text else 'unpickling failed'})") from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+    except Exception as err:  # truncated / corrupt: EOFError, RuntimeError, struct.error, BadZipFile, ...
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(err).__name__}: {err}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
             or not isinstance(ckpt.get("config"), dict):
