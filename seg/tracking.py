@@ -1,6 +1,6 @@
 """MLflow tracking: the only module that imports mlflow.
 
-Conventions (DESIGN.md): tracking URI `sqlite:///<project>/mlruns/mlflow.db` unless
+Conventions (docs/design.md, "Training"): tracking URI `sqlite:///<project>/mlruns/mlflow.db` unless
 MLFLOW_TRACKING_URI says otherwise; one experiment per task; run name `{model}-{loss}-s{seed}`;
 params = the flattened resolved config; tags model/loss/dataset/seed/sweep_id/config_hash;
 per-epoch metrics `train/loss`, `val/dice`, ...; final `test/*`; artifacts config.yaml, best
