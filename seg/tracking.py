@@ -122,7 +122,7 @@ class Tracker:
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.set_tags({"failure_reason": f"interrupted: {exc or 'KeyboardInterrupt'}"})
+            self.set_tags({"failure_reason": f"interrupted: {str(exc) or exc_type.__name__}"})
             self.end("KILLED")
         else:
             reason = f"{exc_type.__name__}: {exc}"

@@ -74,7 +74,7 @@ def run(cfg: DictConfig, hooks: Sequence[Hook] = ()) -> float:
         job.update(status=job.get("outcome", "FINISHED"), value=value)
         return value
     except KeyboardInterrupt as exc:
-        job.update(status="KILLED", reason=f"interrupted: {exc or 'KeyboardInterrupt'}")
+        job.update(status="KILLED", reason=f"interrupted: {str(exc) or type(exc).__name__}")
         if job.get("parent_run_id"):
             kill_sweep_parent(job["tracking_uri"], job["parent_run_id"])
         raise
