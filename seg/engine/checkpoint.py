@@ -179,11 +179,12 @@ def last_payload(model: nn.Module, config: dict, optimizer, scheduler, scaler, l
 # loading
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load(path: str | Path, map_location: str | torch.device = "cpu", require_config: bool = True) -> dict:
     """torch.load(weights_only=True) with errors that name the file -> the checkpoint dict.
 
     CheckpointError: missing, not a PyTorch file, truncated / corrupt, needs arbitrary pickled
-    objects (refused without running them), or not a dict with "state_dict" and "config".
+    objects (refused without running them), or not a dict with "state_dict" and "config"
+    (require_config=False: "state_dict" only, as in a last.pt written before schema 1).
     """
     path = Path(path)
     if not path.is_file():
@@ -203,7 +204,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     except Exception as err:  # truncated / corrupt: EOFError, RuntimeError, struct.error, BadZipFile, ...
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(err).__name__}: {err}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
-            or not isinstance(ckpt.get("config"), dict):
+            or (require_config and not isinstance(ckpt.get("config"), dict)):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a segsweep checkpoint: expected a dict with 'state_dict' and "
                               f"'config' (the resolved run config), got {keys}")
@@ -265,7 +266,7 @@ def resume_state(folder: str | Path) -> tuple[dict | None, list[str]]:
         if not path.exists():
             continue
         try:
-            ckpt = _upgrade(load(path))
+            ckpt = _upgrade(load(path, require_config=False))
             for key in ("optimizer", "loop"):
                 if key not in ckpt:
                     raise CheckpointError(f"{path} has no {key!r}: not a resumable last.pt")

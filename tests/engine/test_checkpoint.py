@@ -95,3 +95,19 @@ def test_every_random_stream_continues_after_a_restore():
         assert np.array_equal(np.asarray(a), np.asarray(b))
     data.transform = build_transforms(32, train=True, seed=3)
     assert not torch.equal(data[1][0], first[4])               # without the restore: epoch 1's augmentations again
+
+
+def test_a_last_pt_written_before_schema_1_still_resumes(tmp_path):
+    """A KILLED run of an older store left a flat last.pt (torch RNG and loader generator only)."""
+    gen = torch.Generator().manual_seed(4)
+    old = {"state_dict": {"w": torch.ones(2)}, "optimizer": {"state": {}, "param_groups": []}, "scheduler": None,
+           "scaler": {}, "generator": gen.get_state(), "rng": torch.get_rng_state(), "epoch": 2, "best": 0.4,
+           "best_epoch": 1, "stale": 1, "train_time": 3.0, "images": 30}
+    torch.save(old, tmp_path / "last.pt")
+    ckpt, notes = checkpoint.resume_state(tmp_path)
+    assert notes == [] and ckpt["loop"] == {"epoch": 2, "best": 0.4, "best_epoch": 1, "stale": 1, "train_time": 3.0,
+                                            "images": 30}
+    expected = torch.randperm(8, generator=torch.Generator().manual_seed(4))
+    other = torch.Generator().manual_seed(99)
+    checkpoint.set_rng_state(ckpt["rng"], other)
+    assert torch.equal(torch.randperm(8, generator=other), expected) and ckpt["history"] is None
