@@ -14,15 +14,16 @@ SWEEP  := experiment=covid_arch_x_loss
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
-	@echo "  extra Hydra overrides: make run ARGS='dataset=phantom_cardiac model=resunet'"
+	@echo "  extra Hydra overrides: make run ARGS='dataset=acdc model=resunet'"
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-install: $(STAMP)  ## create .venv and install the pinned requirements
+install: $(STAMP)  ## create .venv, install the pinned requirements, then segsweep itself (pip install -e .)
 
 run: $(STAMP)  ## one run on the embedded phantom data (ARGS= for overrides)
 	$(PY) run.py $(ARGS)

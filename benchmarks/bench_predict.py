@@ -1,7 +1,7 @@
 """seg.predict throughput on CPU: images per second for every model's `cpu` preset.
 
-    python benchmarks/bench_predict.py            # from the repository root; under a minute on 2 idle cores
-    python benchmarks/bench_predict.py --images 32 --repeats 3
+    python -m benchmarks.bench_predict            # from the repository root; under a minute on 2 idle cores
+    python -m benchmarks.bench_predict --images 32 --repeats 3
 
 For each model (unet, resunet, transunet) at its `cpu` preset and the cpu profile's input size
 (phantom_xray config: binary, 96 px), a checkpoint in the format seg.train writes (random weights,
@@ -29,18 +29,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from seg import PROJECT_ROOT as ROOT
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import cv2
+import numpy as np
+import torch
+from omegaconf import OmegaConf
 
-import seg.config  # noqa: E402,F401  (project_root resolver)
-from seg.config import build  # noqa: E402
-from seg.predict import load_checkpoint, model_from_checkpoint, predict_inputs  # noqa: E402
+import seg.config  # noqa: F401  (project_root resolver)
+from seg.config import build, compose
+from seg.engine.checkpoint import best_payload, save_atomic
+from seg.predict import load_checkpoint, model_from_checkpoint, predict_inputs
 
 MODELS = ("unet", "resunet", "transunet")
 OUT = ROOT / "outputs" / "bench"
@@ -62,13 +61,11 @@ def write_images(folder: Path, n: int, size: int = 256) -> list[Path]:
 
 
 def checkpoint(model: str, folder: Path) -> tuple[Path, dict]:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"model={model}", "dataset=phantom_xray", "profile=cpu"])
+    cfg = compose([f"model={model}", "dataset=covid_infection", "profile=cpu"])
     torch.manual_seed(0)
     net = build(cfg.model)
     path = folder / f"{model}.pt"
-    torch.save({"state_dict": net.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-                "epoch": 0, "monitor": "val/dice", "value": 0.0}, path)
+    save_atomic(best_payload(net, OmegaConf.to_container(cfg, resolve=True), 0, "val/dice", 0.0), path)
     return path, {"params": sum(p.numel() for p in net.parameters()), "image_size": int(cfg.dataset.image_size),
                   "size": cfg.model.get("size", "?")}
 

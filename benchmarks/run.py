@@ -23,8 +23,8 @@ Sections, in order:
             validation Dice/IoU, checkpoint, MLflow logging to a temporary sqlite store) for 2 epochs;
             the second epoch's training images / wall time, divided by the bare step throughput
             measured just before and after it for the same model, batch and size. Where the time
-            goes is measured by timing wrappers around the loop's DataLoader, train_epoch, evaluate,
-            predict, structure_rows and Tracker.log_metrics (the loop's code itself is unchanged);
+            goes is measured by a hook on the engine's loop (seg.engine.loop.Hook.on_span: DataLoader
+            wait, training, validation forward / metrics, the epoch-end logging; the loop is unchanged);
             "network / loop" also counts validation's bare forward passes as network work.
   peers     MONAI BasicUNet and UNet (num_res_units=2) at the parameter count nearest to our U-Net
             `cpu` preset, same step benchmark, interleaved rounds with ours; img/s and per-GFLOP ratios.
@@ -54,24 +54,22 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
-from unittest import mock
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils import flop_counter  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from seg.config import build  # noqa: E402
-from seg.models.summary import _EXTRA_FLOPS, bench_train, compose, count_flops, n_params  # noqa: E402
+from seg import PROJECT_ROOT as ROOT
+from seg.config import build, compose
+from seg.data import open_dataset
+from seg.engine.loop import Hook
+from seg.models.summary import _EXTRA_FLOPS, bench_train, count_flops, n_params
 
 OUT = ROOT / "outputs" / "bench"
 MODELS = ("unet", "resunet", "transunet")
-DATASETS = ("phantom_xray", "phantom_cardiac")
+DATASETS = ("covid_infection", "acdc")   # dataset.root unset: the embedded phantoms
 SECTIONS = ("roofline", "step", "loop", "peers", "data", "metrics", "predict", "gpu")
 GOALS = {"loop": 0.90, "data": 3.0}
 SMP_NOTE = ("segmentation_models_pytorch is not installed: it needs torchvision, whose wheel on this "
@@ -239,7 +237,7 @@ def step_row(label: str, model: nn.Module, in_channels: int, num_classes: int, s
             "iters": iters, "warmup": warmup}
 
 
-def preset(model: str, profile: str, dataset: str = "phantom_xray", extra: Sequence[str] = ()):
+def preset(model: str, profile: str, dataset: str = "covid_infection", extra: Sequence[str] = ()):
     """The composed run config of a model preset (as run.py would see it)."""
     return compose([f"model={model}", f"profile={profile}", f"dataset={dataset}", *extra])
 
@@ -268,58 +266,18 @@ def section_step(quick: bool, ceiling: float | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-class LoopProbe:
-    """Timing wrappers around seg.train's DataLoader, train_epoch and evaluate and Tracker.log_metrics.
-
-    Records, in order, (kind, start, end, extra) spans; the loop's own code runs unchanged.
+class LoopProbe(Hook):
+    """A hook on the engine's loop (seg.engine.loop.Hook.on_span): records the timed phases it reports,
+    in order, as (kind, start, end, info) spans: "train" (info: images seen, seconds waiting for the
+    DataLoader), "eval" (info "val" / "test"), "forward" (images predicted) and "metrics" inside an
+    evaluation, "log" (the epoch-end hooks: MLflow). The loop's code runs unchanged.
     """
 
     def __init__(self):
         self.spans: list[tuple[str, float, float, Any]] = []
-        self.waits: list[float] = []
 
-    def patches(self):
-        import seg.train
-        from seg.tracking import Tracker
-        probe = self
-
-        class TimedLoader(seg.train.DataLoader):
-            def __iter__(self):
-                inner = super().__iter__()
-
-                class Timed:
-                    def __iter__(self):
-                        return self
-
-                    def __next__(self):
-                        start = time.perf_counter()
-                        try:
-                            return next(inner)
-                        finally:
-                            probe.waits.append(time.perf_counter() - start)
-                return Timed()
-
-        def timed(kind: str, fn: Callable, extra: Callable[[tuple, dict, Any], Any] = lambda a, k, r: None):
-            def wrapper(*args, **kwargs):
-                start = time.perf_counter()
-                waits_before = len(probe.waits)
-                result = fn(*args, **kwargs)
-                end = time.perf_counter()
-                info = extra(args, kwargs, result)
-                if kind == "train":
-                    info = {"seen": result[1], "data_wait": sum(probe.waits[waits_before:])}
-                probe.spans.append((kind, start, end, info))
-                return result
-            return wrapper
-
-        return [mock.patch.object(seg.train, "DataLoader", TimedLoader),
-                mock.patch.object(seg.train, "train_epoch", timed("train", seg.train.train_epoch)),
-                mock.patch.object(seg.train, "evaluate", timed("eval", seg.train.evaluate,
-                                                               lambda a, k, r: k.get("desc"))),
-                mock.patch.object(seg.train, "_predict_images", timed("forward", seg.train._predict_images,
-                                                                      lambda a, k, r: len(r))),
-                mock.patch.object(seg.train, "structure_rows", timed("metrics", seg.train.structure_rows)),
-                mock.patch.object(Tracker, "log_metrics", timed("log", Tracker.log_metrics))]
+    def on_span(self, kind: str, start: float, end: float, info: Any) -> None:
+        self.spans.append((kind, start, end, info))
 
     def epochs(self) -> list[dict]:
         """Per epoch: wall (train start to the next epoch's train start, or to the test evaluation),
@@ -376,11 +334,11 @@ def loop_breakdown(epoch: dict, step_ips: float, forward_ips: float | None = Non
 
 
 def bench_loop_step(cfg, model: nn.Module, batches: int = 5, seed: int = 0) -> float:
-    """img/s of seg.train.train_epoch itself on pre-loaded random batches shaped as the loader yields
+    """img/s of seg.engine.loop.train_epoch itself on pre-loaded random batches shaped as the loader yields
     them (x (B, C, S, S), y (B, S, S) int64), with the run's loss, optimizer, accumulation and grad
     clipping: the loop's step without data loading. One untimed call, then `batches` calls of one
     batch each; batch size / the median call time (as bench_train times the bare step)."""
-    from seg.train import train_epoch
+    from seg.engine.loop import train_epoch
 
     size, batch = int(cfg.dataset.image_size), int(cfg.trainer.batch_size)
     in_ch, n_cls = int(cfg.dataset.in_channels), int(cfg.dataset.num_classes)
@@ -426,19 +384,12 @@ def loop_row(model_name: str, dataset: str, workdir: Path, quick: bool, threads:
     bare = build(cfg.model)
     step_before = bench_train(bare, in_ch, n_cls, size, batch, iters=3 if quick else 5, warmup=1)
     probe = LoopProbe()
-    patches = probe.patches()
     start = time.perf_counter()
-    for p in patches:
-        p.start()
-    try:
-        run(cfg)
-    finally:
-        for p in reversed(patches):
-            p.stop()
+    run(cfg, hooks=[probe])
     run_s = time.perf_counter() - start
     step_after = bench_train(bare, in_ch, n_cls, size, batch, iters=3 if quick else 5, warmup=1)
     step_ips = (step_before + step_after) / 2
-    # seg.train.evaluate predicts 2D validation cases 16 per forward pass: the bare forward at that batch
+    # seg.engine.inference.evaluate predicts 2D validation cases 16 per forward pass: the bare forward at that batch
     forward_ips = bench_forward(bare, in_ch, size, batch=16, window=0.2 if quick else 0.4)
     loop_step_ips = bench_loop_step(cfg, bare, batches=3 if quick else 6)
     epochs = probe.epochs()
@@ -458,13 +409,13 @@ def section_loop(quick: bool, threads: int | None = None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="segsweep-bench-") as tmp:
         for model_name in (MODELS[:1] if quick else MODELS):
-            row = loop_row(model_name, "phantom_xray", Path(tmp), quick, threads)
+            row = loop_row(model_name, "covid_infection", Path(tmp), quick, threads)
             rows.append(row)
             b = row["breakdown"]
             log(f"  {row['model']:16s} loop {row['loop_img_per_s']:7.2f} img/s (train part "
                 f"{row['train_img_per_s']:.2f}) / step {row['step_img_per_s']:.2f} = {row['ratio']:.2f}; "
                 f"largest overhead: {b['bottleneck']} ({b['share_of_wall'][b['bottleneck']]:.0%} of the epoch)")
-    return {"rows": rows, "goal": GOALS["loop"], "dataset": "phantom_xray",
+    return {"rows": rows, "goal": GOALS["loop"], "dataset": "covid_infection",
             "store": "MLflow sqlite store in a temporary directory"}
 
 
@@ -564,7 +515,7 @@ def data_row(dataset: str, step_ips: float | None, quick: bool) -> dict:
 
     cfg = preset("unet", "cpu", dataset)
     start = time.perf_counter()
-    data = build(cfg.dataset.source, seed=int(cfg.seed))       # writes the phantom tree once if missing
+    data = open_dataset(cfg.dataset, seed=int(cfg.seed), cache_dir=cfg.paths.cache)       # writes the phantom tree once if missing
     setup_s = time.perf_counter() - start
     ds, batch, workers = data.train, int(cfg.trainer.batch_size), int(cfg.trainer.num_workers)
     window, repeats = (0.5, 2) if quick else (1.0, 3)
@@ -625,14 +576,15 @@ def section_data(quick: bool, step: dict | None) -> dict:
 
 
 def run_script(script: Path, result_json: Path, result_md: Path, timeout: float, args: Sequence[str] = ()) -> dict:
-    """Run a benchmark script as a subprocess (output passed through); its JSON and Markdown."""
+    """Run a benchmark module (benchmarks/<name>.py) as `python -m benchmarks.<name>` in a subprocess
+    (output passed through); its JSON and Markdown."""
     if not script.is_file():
         return {"skipped": f"{script.relative_to(ROOT)} is not present"}
     for path in (result_json, result_md):
         path.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script.stem}", *args], cwd=ROOT, timeout=timeout)
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         rc = f"timed out after {timeout:.0f} s"
@@ -876,10 +828,10 @@ def write_md(res: dict) -> str:
                       "DataLoader; step extra = the loop's steps beyond the bare step (the run's loss, grad "
                       "clipping, isfinite check, loss.item(); negative = they ran faster, i.e. noise); "
                       "validation's "
-                      "bare forward passes, the rest of seg.train.predict (logits resized back, threshold), "
+                      "bare forward passes, the rest of seg.engine.inference.predict_images (logits resized back, threshold), "
                       "validation Dice/IoU (structure_rows), reading + resizing the val cases, MLflow logging, "
                       "and the rest (checkpoint, scheduler). The last column: the same step extra measured "
-                      "by running seg.train.train_epoch on pre-loaded tensors (median of single-batch calls; "
+                      "by running seg.engine.loop.train_epoch on pre-loaded tensors (median of single-batch calls; "
                       "a second, noisier estimate of the step's own overhead, without the loader). Goal for "
                       f"both ratios >= {loop['goal']:.2f}."]
     else:

@@ -5,7 +5,7 @@ Paths resolve from the project root, never from the working directory (Hydra doe
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -61,6 +61,15 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         if err.__cause__ is not None:
             raise err.__cause__ from None
         raise
+
+
+def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """conf/config.yaml composed with `overrides`, as run.py would see it (outside @hydra.main): the one
+    compose helper of the package (seg.models.summary, the benchmarks, tests/helpers use it)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

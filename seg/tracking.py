@@ -1,6 +1,6 @@
 """MLflow tracking: the only module that imports mlflow.
 
-Conventions (DESIGN.md): tracking URI `sqlite:///<project>/mlruns/mlflow.db` unless
+Conventions (docs/design.md, "Training"): tracking URI `sqlite:///<project>/mlruns/mlflow.db` unless
 MLFLOW_TRACKING_URI says otherwise; one experiment per task; run name `{model}-{loss}-s{seed}`;
 params = the flattened resolved config; tags model/loss/dataset/seed/sweep_id/config_hash;
 per-epoch metrics `train/loss`, `val/dice`, ...; final `test/*`; artifacts config.yaml, best
@@ -170,7 +170,7 @@ class Tracker:
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.set_tags({"failure_reason": f"interrupted: {str(exc) or 'KeyboardInterrupt (Ctrl-C)'}"})
+            self.set_tags({"failure_reason": f"interrupted: {str(exc) or exc_type.__name__}"})
             self.end("KILLED")
         else:
             reason = f"{exc_type.__name__}: {exc}"

@@ -1,4 +1,7 @@
-"""Shared fixtures: every test session writes the phantom data and MLflow runs under a temp dir."""
+"""Shared fixtures: every test session writes the phantom data and MLflow runs under a temp dir.
+
+`compose_cfg` is re-exported from tests/helpers/compose.py (the one compose helper) for the tests
+that import it from here."""
 from __future__ import annotations
 
 import os
@@ -7,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import seg.config  # noqa: F401  (project_root resolver)
-from seg import PROJECT_ROOT
+from tests.helpers.compose import compose_cfg, compose_resolved  # noqa: F401  (re-exported)
 
 
 @pytest.fixture(scope="session")
@@ -16,11 +19,3 @@ def phantom_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["SEGSWEEP_CACHE"] = str(path)
     return path
-
-
-def compose_cfg(overrides: list[str] = ()):
-    """The composed run config (as run.py would see it) for the given overrides."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))

@@ -41,7 +41,7 @@ def test_make_targets_build_the_venv_from_requirements():
     assert "-m venv .venv" in dry and "-r requirements.txt -r requirements-dev.txt" in dry
     assert 'pytest -m "not slow"' in dry
     sweep = subprocess.run(["make", "-n", "sweep"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
-    assert "run.py -m experiment=phantom_covid_arch_x_loss" in sweep
+    assert "run.py -m experiment=covid_arch_x_loss" in sweep
     ui = subprocess.run(["make", "-n", "ui"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
     assert "--host 127.0.0.1" in ui and "sqlite:///" in ui
 

@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from seg import PROJECT_ROOT
 from seg.config import cpu_share
 from seg.tracking import PARENT_TAG, search_runs
-from seg.train import HASH_EXCLUDED, config_hash
-from tests.conftest import compose_cfg
+from seg.sweep import HASH_EXCLUDED, config_hash
+from tests.helpers.compose import compose_cfg, compose_resolved
 
 TINY = ["profile.image_size=32", "profile.epochs=1", "trainer.limit_train_batches=2", "tracking.overlays=1"]
 
@@ -31,11 +31,9 @@ STUDIES = {
 
 def _grid(experiment: str, overrides: list[str] = ()) -> tuple:
     """(composed config, list of job override lists) as Hydra's basic sweeper expands the experiment."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True)
+    cfg = compose_cfg([f"experiment={experiment}", *overrides], return_hydra_config=True)
     parser = OverridesParser.create()
     axes = [[f"{k}={v}" for v in parser.parse_override(f"{k}={v}").sweep_string_iterator()]
             for k, v in cfg.hydra.sweeper.params.items()]
@@ -46,46 +44,42 @@ def _grid(experiment: str, overrides: list[str] = ()) -> tuple:
 
 
 @pytest.mark.parametrize("study", sorted(STUDIES))
-def test_every_study_has_a_phantom_twin_with_the_same_grid(study):
+def test_every_study_runs_on_the_phantom_or_a_real_root_with_the_same_grid(study):
+    """One study file: dataset.root set = the real data, 3 seeds; unset = the embedded phantom, 1 seed."""
     dataset, n_jobs = STUDIES[study]
-    cfg, jobs = _grid(study)
+    cfg, jobs = _grid(study, ["dataset.root=/data/real"])
     assert cfg.dataset.name == dataset and cfg.seeds == 3 and len(jobs) == n_jobs
-    twin, twin_jobs = _grid(f"phantom_{study}")
+    assert cfg.tracking.experiment == dataset
+    twin, twin_jobs = _grid(study)
     assert twin.seeds == 1 and len(twin_jobs) == n_jobs // 3
-    assert twin.dataset.name.startswith("phantom_")
-    # same models and losses as the real study; seeds= widens the twin like the real one
+    assert twin.dataset.root is None and twin.tracking.experiment.startswith("phantom_")
+    # same models and losses as the real study; seeds= widens the phantom study like the real one
     strip = lambda js: sorted({" ".join(o for o in j if not o.startswith(("seed=", "dataset="))) for j in js})
     assert strip(jobs) == strip(twin_jobs)
-    assert len(_grid(f"phantom_{study}", ["seeds=3"])[1]) == n_jobs
+    assert len(_grid(study, ["seeds=3"])[1]) == n_jobs
 
 
 def test_ct_heart_study_trains_like_the_reference_project():
-    cfg, jobs = _grid("phantom_ct_heart")
+    cfg, jobs = _grid("ct_heart")
     assert cfg.optimizer.lr == 1e-4 and cfg.scheduler.factor == 0.1 and cfg.scheduler.patience == 10
     assert cfg.trainer.early_stopping == 10 and cfg.trainer.accumulate == 4 and cfg.amp == "auto"
     assert sorted(j[0] for j in jobs) == ["loss=bce_dice", "loss=dice"]
 
 
 def test_weighted_ce_of_the_acdc_study_takes_its_class_weights():
-    cfg, jobs = _grid("phantom_acdc_multiclass")
+    cfg, jobs = _grid("acdc_multiclass")
     assert {j[1] for j in jobs} == {"loss=wce", "loss=dice", "loss=dice_focal"}
-    cfg = compose_cfg(["experiment=phantom_acdc_multiclass", "loss=wce"])
+    cfg = compose_cfg(["experiment=acdc_multiclass", "loss=wce"])
     assert list(cfg.loss.class_weights) == [0.1, 1.0, 1.0, 1.0] and cfg.dataset.num_classes == 4
     assert compose_cfg(["loss=wce"]).loss.class_weights is None
 
 
 def test_config_hash_ignores_sweep_mechanics_not_settings():
     base = ["model=unet", "loss=dice"]
-    h = lambda o: config_hash(compose_cfg_resolved(base + o), [])
+    h = lambda o: config_hash(compose_resolved(base + o), [])
     assert h([]) == h(["resume=false", "debug.sigterm_after_epoch=2", "threads=1", "device=cpu"])
     assert h([]) != h(["seed=1"]) and h([]) != h(["optimizer.lr=0.01"]) and h([]) != h(["trainer.epochs=3"])
     assert {"resume", "debug", "threads", "seeds"} <= set(HASH_EXCLUDED)
-
-
-def compose_cfg_resolved(overrides):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(compose_cfg(overrides), resolve=True)
 
 
 def test_joblib_launcher_splits_the_cores_between_jobs():
@@ -190,13 +184,13 @@ def test_resume_false_trains_a_finished_configuration_again(tmp_path, phantom_ca
 
 @pytest.mark.slow
 def test_phantom_study_runs_9_then_0_then_the_deleted_1(tmp_path, phantom_cache):
-    first = _run(["experiment=phantom_covid_arch_x_loss"], tmp_path, phantom_cache, "s1")
+    first = _run(["experiment=covid_arch_x_loss"], tmp_path, phantom_cache, "s1")
     assert first.returncode == 0 and "9 of 9 jobs FINISHED" in first.stdout, first.stderr[-3000:]
-    second = _run(["experiment=phantom_covid_arch_x_loss"], tmp_path, phantom_cache, "s2")
+    second = _run(["experiment=covid_arch_x_loss"], tmp_path, phantom_cache, "s2")
     assert "0 of 9 jobs FINISHED, 9 SKIPPED" in second.stdout
     runs, _ = _runs(tmp_path)
     MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").delete_run(runs[0].info.run_id)
-    third = _run(["experiment=phantom_covid_arch_x_loss"], tmp_path, phantom_cache, "s3")
+    third = _run(["experiment=covid_arch_x_loss"], tmp_path, phantom_cache, "s3")
     assert "1 of 9 jobs FINISHED, 8 SKIPPED" in third.stdout
     assert len(_runs(tmp_path)[0]) == 9
 

@@ -13,12 +13,14 @@ import torch
 
 from seg import PROJECT_ROOT
 from seg.config import build
+from seg.data import open_dataset
 from seg.tracking import search_runs
 from tests.conftest import compose_cfg
 
 MODELS = ["unet", "resunet", "transunet"]
 LOSSES = ["bce", "focal", "dice", "bce_dice", "dice_focal"]
-TASKS = ["phantom_xray", "phantom_cardiac"]
+TASKS = ["phantom_xray", "phantom_cardiac"]              # MLflow experiments of the phantom runs
+DATASET = {"phantom_xray": "covid_infection", "phantom_cardiac": "acdc"}   # their configs (root unset)
 TINY = ["profile.image_size=32", "profile.epochs=1", "trainer.limit_train_batches=2", "tracking.overlays=1"]
 
 
@@ -27,8 +29,8 @@ def batches(phantom_cache):
     """One real training batch per phantom task (read through the dataset readers)."""
     out = {}
     for task in TASKS:
-        cfg = compose_cfg([f"dataset={task}", "profile.image_size=32"])
-        data = build(cfg.dataset.source, seed=0)
+        cfg = compose_cfg([f"dataset={DATASET[task]}", "profile.image_size=32"])
+        data = open_dataset(cfg.dataset, seed=0, cache_dir=cfg.paths.cache)
         x, y = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4, shuffle=True)))
         out[task] = (cfg, x, y)
     return out
@@ -70,7 +72,7 @@ def test_tiny_multirun_logs_finished_runs(tmp_path, phantom_cache):
         for key in ("test/dice", "test/iou", "test/hd95", "test/dice_infection", "test/dice_n", "val/dice"):
             assert key in m, key
         assert 0.0 <= m["test/dice"] <= 1.0 and m["test/hd95"] >= 0
-        assert tags["model"] in ("unet", "transunet") and tags["loss"] == "dice" and tags["dataset"] == "phantom_xray"
+        assert tags["model"] in ("unet", "transunet") and tags["loss"] == "dice" and tags["dataset"] == "covid_infection"
         assert len(tags["config_hash"]) == 16 and params["model.name"] == tags["model"]
         assert params["trainer.epochs"] == "1"
         artifacts = Path(r.info.artifact_uri.removeprefix("file://"))
@@ -100,11 +102,12 @@ def test_nan_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, phantom_cache):
 
 def test_missing_dataset_root_names_path_and_layout(tmp_path, phantom_cache):
     missing = tmp_path / "no_such_dir"
-    proc = _run([f"dataset.source.root={missing}", *TINY], tmp_path, phantom_cache)
-    assert proc.returncode != 0
-    assert str(missing) in proc.stderr and "Infection Segmentation Data" in proc.stderr
-    (run,) = search_runs(f"sqlite:///{tmp_path}/mlflow.db", "phantom_xray")
-    assert run.info.status == "FAILED" and str(missing) in run.data.tags["failure_reason"]
+    proc = _run([f"dataset.root={missing}", *TINY], tmp_path, phantom_cache)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(missing) in errors[0] and "Infection Segmentation Data" in errors[0]
+    # the data are opened before an MLflow run is created: nothing is recorded for a wrong path
+    assert search_runs(f"sqlite:///{tmp_path}/mlflow.db", "covid_infection") == []
 
 
 def test_unknown_monitor_is_refused_with_the_allowed_values(tmp_path, phantom_cache):
@@ -117,7 +120,7 @@ def test_unknown_monitor_is_refused_with_the_allowed_values(tmp_path, phantom_ca
 @pytest.mark.parametrize("task", TASKS)
 def test_phantom_tasks_are_not_trivial_after_one_epoch(tmp_path, phantom_cache, task):
     """DESIGN: after one epoch no model reaches Dice 0.9 on the phantom tasks (default cpu profile)."""
-    proc = _run(["-m", "model=unet,resunet,transunet", f"dataset={task}", "profile.epochs=1"], tmp_path, phantom_cache)
+    proc = _run(["-m", "model=unet,resunet,transunet", f"dataset={DATASET[task]}", "profile.epochs=1"], tmp_path, phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [r for r in search_runs(f"sqlite:///{tmp_path}/mlflow.db", task) if r.data.tags.get("segsweep.parent") != "true"]
     assert len(runs) == 3
@@ -128,8 +131,8 @@ def test_phantom_tasks_are_not_trivial_after_one_epoch(tmp_path, phantom_cache, 
 
 @pytest.mark.slow
 def test_default_cardiac_run_learns_every_structure(tmp_path, phantom_cache):
-    """`python run.py dataset=phantom_cardiac` with the cpu profile: per-structure metrics, each learnt."""
-    proc = _run(["dataset=phantom_cardiac"], tmp_path, phantom_cache)
+    """`python run.py dataset=acdc` with the cpu profile: per-structure metrics, each learnt."""
+    proc = _run(["dataset=acdc"], tmp_path, phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = search_runs(f"sqlite:///{tmp_path}/mlflow.db", "phantom_cardiac")
     m = run.data.metrics
@@ -141,7 +144,7 @@ def test_default_cardiac_run_learns_every_structure(tmp_path, phantom_cache):
 
 
 def test_best_checkpoint_is_the_best_epoch_not_the_last(tmp_path, phantom_cache):
-    proc = _run(["dataset=phantom_cardiac", "profile.image_size=32", "profile.epochs=4", "trainer.early_stopping=0",
+    proc = _run(["dataset=acdc", "profile.image_size=32", "profile.epochs=4", "trainer.early_stopping=0",
                  "trainer.limit_train_batches=3", "tracking.overlays=0"], tmp_path, phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -169,7 +172,7 @@ class _CountingSGD(torch.optim.SGD):
 
 @pytest.mark.parametrize("accumulate,expected_steps", [(1, 5), (2, 3), (5, 1)])
 def test_gradient_accumulation_steps(accumulate, expected_steps):
-    from seg.train import train_epoch
+    from seg.engine.loop import train_epoch
 
     torch.manual_seed(0)
     data = [(torch.randn(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16))) for _ in range(5)]
@@ -184,7 +187,7 @@ def test_gradient_accumulation_steps(accumulate, expected_steps):
 
 def test_evaluate_batches_2d_cases_and_scores_each_like_predict():
     from seg.data.base import Case
-    from seg.train import _batches, evaluate, predict
+    from seg.engine.inference import batches as _batches, evaluate, predict_case as predict
 
     rng = np.random.default_rng(0)
     def case(i, size, is_3d=False, d=1):

@@ -34,7 +34,6 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from seg import PROJECT_ROOT
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs
@@ -239,25 +238,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def compose(overrides: Sequence[str]):
-    """conf/config.yaml composed with `overrides`, as run.py would see it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    import seg.config  # noqa: F401  (registers the project_root resolver)
-
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base=None):
-        return hydra_compose(config_name="config", overrides=list(overrides))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available; use --device cpu")
-    return device
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry; returns the exit code (2 for a bad config, size or flag, message on stderr)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -272,7 +252,8 @@ def _run(args: argparse.Namespace) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from seg.config import build
+    from seg.config import build, compose
+    from seg.runtime import select_device
 
     try:
         cfg = compose(args.overrides)
@@ -285,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
         threads = args.threads if args.threads is not None else cfg.threads
         if threads:
             torch.set_num_threads(int(threads))
-        device = _device(args.device or cfg.device)
+        device = select_device(args.device or cfg.device)
     except (ValueError, HydraException, OmegaConfBaseException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

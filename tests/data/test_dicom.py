@@ -1,4 +1,4 @@
-"""seg.data.dicom: pydicom's shipped CT/MR files, our writer, series sorting, affine, windowing, errors."""
+"""seg.data.io.dicom: pydicom's shipped CT/MR files, our writer, series sorting, affine, windowing, errors."""
 from __future__ import annotations
 
 import logging

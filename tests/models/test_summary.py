@@ -33,7 +33,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("model", ["unet", "resunet", "transunet"])
 def test_cli_prints_the_parameter_count_of_the_composed_model(capsys, model):
-    overrides = [f"model={model}", "dataset=phantom_cardiac"]
+    overrides = [f"model={model}", "dataset=acdc"]
     code, out, err = run_cli(capsys, *overrides, "--size", "32")
     assert code == 0, err
     expected = n_params(build(compose_cfg([*overrides, "profile.image_size=32"]).model))

@@ -11,7 +11,7 @@ Only train/ has masks, so train/val/test are patients of train/, split by `seed`
 (val_fraction, test_fraction of the patients; no patient in two splits; saved with the run).
 Each slice is one 2D case. PNG slices carry no physical spacing: give `pixel_spacing` (mm) to
 get distances in mm, else they are in pixels. DICOM scans (test/, or any scan given to
-`seg.predict`) are read with `seg.data.dicom`: RescaleSlope/Intercept -> HU, the CT window
+`seg.predict`) are read with `seg.data.io.dicom`: RescaleSlope/Intercept -> HU, the CT window
 (default W 400 / L 40, heart / mediastinum) -> [0, 1], PixelSpacing -> mm (`dicom_input`).
 Normalisation: config `transforms.normalize: window` keeps the windowed [0, 1] intensities.
 
@@ -119,7 +119,7 @@ def ct_heart(root: str, image_size: int, seed: int = 0, augment: bool = True, va
     pixel_spacing: mm per PNG pixel for the distance metrics (None: pixels).
     window: {"width": 400, "level": 40}, the CT window for DICOM scans (validated here, used by
         `dicom_input` / seg.predict; the PNG slices are already windowed).
-    transforms, strict_masks, augment: as `seg.data.covid.covid_infection`, except that the
+    transforms, strict_masks, augment: as `seg.data.datasets.covid.covid_infection`, except that the
         default normalisation is "window" (intensities stay in [0, 1]).
 
     train: slices (image float32 (1, S, S), mask int64 (S, S) in {0, 1}); val/test: one Case per

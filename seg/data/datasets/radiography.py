@@ -12,7 +12,7 @@ Images and masks differ in size as published: each image is first resized to its
 (INTER_AREA), so the label is scored at the mask's own 256x256 resolution; then both go through
 one albumentations call to the model size (masks nearest). There is no published split: images
 are split into train/val/test by `seed`, stratified by class, and the split is saved with the run.
-Bad input as in `seg.data.covid` (missing masks, truncated PNG, non-binary mask values: errors
+Bad input as in `seg.data.datasets.covid` (missing masks, truncated PNG, non-binary mask values: errors
 naming the files). Reader, check, predict preprocessing, class names: all here.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def covid_radiography(root: str, image_size: int, seed: int = 0, augment: bool =
     root: COVID-19_Radiography_Dataset or its parent.
     classes: the class folders to use (default all four: COVID, Normal, Lung_Opacity, Viral Pneumonia).
     val_fraction / test_fraction: shares per class held out for validation / test, by `seed`.
-    Other arguments as `seg.data.covid.covid_infection`. Cases: label uint8 (1, 256, 256) (the mask's
+    Other arguments as `seg.data.datasets.covid.covid_infection`. Cases: label uint8 (1, 256, 256) (the mask's
     size), spacing (1.0, 1.0) pixels, meta {"category": class}; class_names ["lung"]; split: ids
     "COVID/COVID-1.png" per split.
     """

@@ -26,9 +26,11 @@ from omegaconf import OmegaConf
 
 from seg import PROJECT_ROOT
 from seg.config import build
-from seg.data.acdc import read_info, read_nifti
-from seg.data.dicom import read_dicom, read_dicom_series, write_dicom_slice
-from seg.data.phantom import write_acdc, write_covid_qu_ex
+from seg.data import open_dataset
+from seg.data.datasets.acdc import read_info
+from seg.data.io.nifti import read_nifti
+from seg.data.io.dicom import read_dicom, read_dicom_series, write_dicom_slice
+from seg.data.phantoms import write_acdc, write_covid_qu_ex
 from seg.metrics import structure_rows, summarize
 from seg.predict import main, model_from_checkpoint, resolve_model
 from tests.conftest import compose_cfg
@@ -37,17 +39,22 @@ CT_SMALL = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
 MR_SMALL = Path(pydicom.data.get_testdata_file("MR_small.dcm"))
 
 
+# the phantom tasks by their MLflow experiment name -> the dataset config that runs them (root unset)
+DATASET = {"phantom_xray": "covid_infection", "phantom_cardiac": "acdc", "phantom_ct_heart": "ct_heart",
+           "phantom_lung": "covid_lung"}
+
+
 def _checkpoint(task: str, path: Path, seed: int = 0, overrides: Sequence[str] = ()) -> Path:
     """A segsweep checkpoint (the format seg.train writes) of a tiny U-Net for a phantom task.
 
     The head's bias is shifted by the median logit per class on 8 training slices, so the random
     network predicts every structure somewhere (a zero-output model would make comparisons vacuous).
     """
-    cfg = compose_cfg([f"dataset={task}", "profile.image_size=32", f"seed={seed}", *overrides])
+    cfg = compose_cfg([f"dataset={DATASET[task]}", "profile.image_size=32", f"seed={seed}", *overrides])
     torch.manual_seed(seed)
     net = build(cfg.model).eval()
     k = int(cfg.dataset.num_classes)
-    data = build(cfg.dataset.source, seed=0)
+    data = open_dataset(cfg.dataset, seed=0, cache_dir=cfg.paths.cache)
     x = torch.stack([data.train[i][0] for i in range(8)])
     head = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == k][-1]
     with torch.no_grad():
@@ -224,40 +231,57 @@ def test_tta_is_flip_equivariant(ckpts, tmp_path, covid_root):
 
 
 @pytest.mark.parametrize("task", ["phantom_xray", "phantom_cardiac", "phantom_ct_heart"])
-def test_prediction_equals_the_training_evaluation_on_the_same_cases(task, ckpts, tmp_path):
-    """Same preprocessing as seg.train.evaluate on the run's own test cases: identical label maps."""
-    from seg.train import predict as train_predict
+def test_predict_and_the_loops_test_pass_give_identical_per_case_dice(task, ckpts, tmp_path):
+    """One inference path: `seg.predict` on a run's test files and the training loop's test pass
+    (seg.train.test_pass) on the same checkpoint give the same per-case, per-structure Dice."""
+    from types import SimpleNamespace
+
+    from seg.runtime import amp_dtype
+    from seg.train import test_pass
 
     ckpt = torch.load(ckpts[task], weights_only=True)
     model = model_from_checkpoint(ckpt, task, torch.device("cpu"))
-    data = build(OmegaConf.create(ckpt["config"]["dataset"]["source"]), seed=0)
-    cases = [data.test[i] for i in (0, len(data.test) - 1)]
+    data = open_dataset(ckpt["config"]["dataset"], seed=0, cache_dir=ckpt["config"]["paths"]["cache"])
+    picks = [0, len(data.test) - 1]
+    cases = [data.test[i] for i in picks]
     if task == "phantom_cardiac":    # AcdcCases: (patient, phase) -> the frame file
         inputs = [p.files(phase)[0] for p, phase in (data.test.entries[0], data.test.entries[-1])]
     else:                            # CovidCases (COVID-QU-Ex, CT heart PNG slices): the image file
         inputs = [data.test.items[0].image, data.test.items[-1].image]
         if inputs[0].name == inputs[1].name:
             inputs, cases = inputs[:1], cases[:1]
+    dtype = amp_dtype(ckpt["config"]["amp"], torch.device("cpu"))
+    loop_rows, _ = test_pass(model.net, SimpleNamespace(test=cases, class_names=data.class_names),
+                             torch.device("cpu"), dtype, model.num_classes)
     out = tmp_path / "out"
     assert main([str(ckpts[task]), *map(str, inputs), "--out", str(out)]) == 0
+    predict_rows = []
     for case, src in zip(cases, inputs):
-        expected = train_predict(model.net, case, torch.device("cpu"), None, model.num_classes)
         if src.suffix == ".png":
             got = _png(out / f"{src.stem}_label.png")[None]
         else:
             got = _nifti_labels(out / f"{src.name[:-len('.nii.gz')]}_label.nii.gz")
         assert got.shape == case.label.shape
-        np.testing.assert_array_equal(got, expected)
-        assert len(np.unique(got)) > 1
+        assert len(np.unique(got)) > 1                     # the model predicts something: not a vacuous match
+        predict_rows += structure_rows(case.case_id, got if case.is_3d else got[0],
+                                       case.label if case.is_3d else case.label[0], data.class_names,
+                                       case.spacing, distances=True)
+    key = lambda r: (r["case_id"], r["structure"])     # noqa: E731
+    assert sorted(map(key, predict_rows)) == sorted(map(key, loop_rows)) and len(loop_rows) >= len(cases)
+    loop = {key(r): r for r in loop_rows}
+    for r in predict_rows:
+        for metric in ("dice", "iou", "hd95"):
+            a, b = r[metric], loop[key(r)][metric]
+            assert (a == b) or (np.isnan(a) and np.isnan(b)), (task, key(r), metric, a, b)
 
 
 def test_ct_dicom_series_goes_through_the_runs_ct_window(ckpts, tmp_path, phantom_cache):
     """A CT model (trained on windowed PNG slices) sees a DICOM scan through its config's HU window."""
     from seg.data.base import Case
-    from seg.data.ct_heart import dicom_input
-    from seg.data.phantom import write_ct_heart
+    from seg.data.datasets.ct_heart import dicom_input
+    from seg.data.phantoms import write_ct_heart
     from seg.data.transforms import apply_image
-    from seg.train import predict as train_predict
+    from seg.engine.inference import predict_case
 
     series = sorted((write_ct_heart(phantom_cache / "phantom") / "test").glob("*/series1"))[0]
     labels = {}
@@ -271,7 +295,7 @@ def test_ct_dicom_series_goes_through_the_runs_ct_window(ckpts, tmp_path, phanto
         volume, windowed = dicom_input(series, width, level)
         x = np.stack([apply_image(model.transform, s) for s in windowed])[:, None]
         case = Case("ct", x, np.zeros(windowed.shape, np.uint8), volume.spacing, is_3d=True)
-        expected = train_predict(model.net, case, torch.device("cpu"), None, 1)
+        expected = predict_case(model.net, case, torch.device("cpu"), None, 1)
         labels[width] = _nifti_labels(out / "series1_label.nii.gz")
         np.testing.assert_array_equal(labels[width], expected)
         assert np.allclose(nib.load(out / "series1_label.nii.gz").affine, volume.to_nifti().affine)
@@ -457,8 +481,9 @@ def test_predicting_a_runs_test_cases_reproduces_its_test_dice(tmp_path, phantom
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SEGSWEEP_CACHE": str(phantom_cache)}
     for task in TRAINED:   # the phantoms first, so the two parallel runs do not both write them
-        build(compose_cfg([f"dataset={task}", "profile.image_size=32"]).dataset.source, seed=0)
-    procs = [subprocess.Popen([sys.executable, "run.py", f"dataset={task}", *TINY, f"hydra.run.dir={tmp_path}/{task}"],
+        cfg = compose_cfg([f"dataset={DATASET[task]}", "profile.image_size=32"])
+        open_dataset(cfg.dataset, seed=0, cache_dir=cfg.paths.cache)
+    procs = [subprocess.Popen([sys.executable, "run.py", f"dataset={DATASET[task]}", *TINY, f"hydra.run.dir={tmp_path}/{task}"],
                               cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for task in TRAINED]
     for proc in procs:
@@ -470,7 +495,7 @@ def test_predicting_a_runs_test_cases_reproduces_its_test_dice(tmp_path, phantom
             (run,) = search_runs(uri, task)
             artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
             config = torch.load(artifacts / "checkpoints" / "best.pt", weights_only=True)["config"]
-            data = build(OmegaConf.create(config["dataset"]["source"]), seed=config["seed"])
+            data = open_dataset(config["dataset"], seed=config["seed"], cache_dir=config["paths"]["cache"])
             assert data.split["test"] == json.loads((artifacts / "split.json").read_text())["test"]
             if task == "phantom_cardiac":        # the run's test cases: one per patient and phase
                 inputs = [patient.files(phase)[0] for patient, phase in data.test.entries]

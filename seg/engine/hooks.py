@@ -1,0 +1,94 @@
+"""The hooks seg.train attaches to fit(): checkpoints, MLflow logging, fault injection (docs/design.md)."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+from seg.engine import checkpoint
+from seg.engine.loop import Fit, Hook
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer(Hook):
+    """Writes best.pt when the monitored value improved and last.pt after every epoch, atomically
+    (the previous last.pt kept as last.prev.pt). Schema: seg.engine.checkpoint."""
+
+    def __init__(self, folder: Path, config: dict, loader_generator: torch.Generator | None, dataset=None):
+        self.folder = Path(folder)
+        self.config = config
+        self.generator = loader_generator
+        self.dataset = dataset
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def best(self) -> Path:
+        return self.folder / checkpoint.BEST
+
+    @property
+    def last(self) -> Path:
+        return self.folder / checkpoint.LAST
+
+    def on_checkpoint(self, ctx: Fit, improved: bool) -> None:
+        st = ctx.state
+        if improved:
+            checkpoint.save_atomic(checkpoint.best_payload(ctx.model, self.config, st.best_epoch, ctx.monitor, st.best),
+                                   self.best)
+        checkpoint.save_atomic(checkpoint.last_payload(ctx.model, self.config, ctx.optimizer, ctx.scheduler,
+                                                       ctx.scaler, st.loop_dict(), st.history, self.generator,
+                                                       self.dataset),
+                               self.last, keep_previous=self.folder / checkpoint.PREV)
+
+    def clean(self) -> None:
+        """Remove last.pt / last.prev.pt (only needed to resume an unfinished run)."""
+        for name in (checkpoint.LAST, checkpoint.PREV):
+            (self.folder / name).unlink(missing_ok=True)
+
+
+class MLflowLogger(Hook):
+    """Logs each epoch's metrics (finite values) to the run at step = epoch (0-based)."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def log_epoch(self, epoch: int, metrics: dict) -> None:
+        self.tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=epoch)
+
+    def on_epoch_end(self, ctx: Fit, metrics: dict) -> None:
+        self.log_epoch(ctx.epoch, metrics)
+
+
+class SigtermAfterEpoch(Hook):
+    """debug.sigterm_after_epoch: SIGTERM to this process once epoch N (1-based) is checkpointed and
+    logged, as a cluster pre-empting the job would (tests of resume)."""
+
+    def __init__(self, epoch: int | None):
+        self.epoch = None if epoch is None else int(epoch)
+
+    def on_epoch_end(self, ctx: Fit, metrics: dict) -> None:
+        if self.epoch is not None and ctx.epoch + 1 == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class NanLossAtEpoch(Hook):
+    """debug.nan_loss_at_epoch: the loss function returns NaN from epoch N (1-based) on, so the path
+    of a diverging run (FAILED, checkpoints finite, resume from the last finite state) can be tested."""
+
+    def __init__(self, epoch: int | None):
+        self.epoch = None if epoch is None else int(epoch)
+        self._loss = None
+
+    def on_epoch_start(self, ctx: Fit) -> None:
+        if self.epoch is None or ctx.epoch + 1 != self.epoch:
+            return
+        inner = ctx.loss_fn
+
+        def nan_loss(logits, target):
+            return inner(logits, target) * float("nan")
+
+        ctx.loss_fn = nan_loss

@@ -1,0 +1,174 @@
+"""MODEL -> a trained network with its run's preprocessing: checkpoint file, MLflow run id, or
+best:<experiment>:<metric> (see seg.predict). Checkpoints load through seg.engine.checkpoint
+(weights-only; the model through the allowlist of seg.models.build_model); the autocast dtype is
+the run's own `amp` setting (seg.runtime.amp_dtype), not always fp16."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seg.data.base import Reader
+from seg.data.datasets import UnknownDataset, predict_reader
+from seg.data.transforms import transforms_pair
+from seg.engine import checkpoint
+from seg.runtime import amp_dtype
+
+log = logging.getLogger("seg.predict")
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+LOWER_IS_BETTER = ("hd", "hd95", "assd", "fpr", "loss")
+
+
+class ModelError(ValueError):
+    """MODEL cannot be resolved, loaded or trusted."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the model: checkpoint file, MLflow run id, best:<experiment>:<metric>
+# ---------------------------------------------------------------------------------------------
+
+def reader_for(config: dict) -> Reader:
+    """The intensity scaling and structure names of the checkpoint's dataset (its `dataset.source._target_`),
+    from that dataset's module (`seg.data.datasets.predict_reader`: a closed lookup)."""
+    try:
+        return predict_reader(config)
+    except UnknownDataset as err:
+        raise ModelError(f"the checkpoint's {err}") from None
+
+
+@dataclass
+class Model:
+    """A trained network with the preprocessing of its run."""
+
+    net: torch.nn.Module
+    config: dict
+    num_classes: int
+    image_size: int
+    class_names: list[str]
+    reader: Reader
+    source: str                 # where it came from (checkpoint path / run id), for the log
+    transform: object           # the run's evaluation transform: resize + its `transforms` normalisation
+    amp: str = "auto"           # the run's amp setting (checkpoint "amp" / config.amp)
+    dtype: torch.dtype | None = None   # its autocast dtype on this device (seg.runtime.amp_dtype)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """seg.engine.checkpoint.load (weights-only) with ModelError naming the file; the config must hold
+    a 'model' and a 'dataset' section."""
+    try:
+        ckpt = checkpoint.load(path)
+    except checkpoint.CheckpointError as err:
+        raise ModelError(str(err)) from None
+    for key in ("model", "dataset"):
+        if not isinstance(ckpt["config"].get(key), dict):
+            raise ModelError(f"{path}: the checkpoint's config has no '{key}' section")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Model:
+    """Checkpoint dict -> Model on device, in eval mode (the architecture from config.model through the
+    allowlist: seg.engine.checkpoint.build_from), with the run's amp setting."""
+    config = ckpt["config"]
+    dataset = config["dataset"]
+    num_classes, image_size = int(dataset["num_classes"]), int(dataset["image_size"])
+    if int(dataset.get("in_channels", 1)) != 1:
+        raise ModelError(f"{source}: the model takes {dataset['in_channels']} input channels; seg.predict "
+                         "segments single-channel (grayscale) images")
+    reader = reader_for(config)
+    try:
+        net = checkpoint.build_from(ckpt, source)
+    except checkpoint.CheckpointError as err:
+        raise ModelError(str(err)) from None
+    amp = checkpoint.amp_of(ckpt)
+    try:
+        dtype = amp_dtype(amp, device)
+    except ValueError as err:
+        raise ModelError(f"{source}: the checkpoint's {err}") from None
+    try:
+        transform = transforms_pair(image_size, False, 0, (dataset.get("source") or {}).get("transforms"))[1]
+    except (ValueError, TypeError) as err:
+        raise ModelError(f"{source}: the config's dataset.source.transforms are invalid: {err}") from None
+    names = reader.class_names
+    if len(names) != max(num_classes - 1, 1):
+        raise ModelError(f"{source}: {num_classes} classes in the config but the {reader.name} reader names "
+                         f"{len(names)} structure(s) ({', '.join(names)})")
+    return Model(net.to(device).eval(), config, num_classes, image_size, names, reader, source, transform, amp, dtype)
+
+
+def _lower_is_better(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1].split("_")[0] in LOWER_IS_BETTER
+
+
+def best_run(uri: str, experiment: str, metric: str):
+    """The FINISHED run of `experiment` with the best `metric` (newest first on ties)."""
+    from seg.tracking import search_runs
+
+    key = metric if "/" in metric else f"test/{metric}"
+    runs = search_runs(uri, experiment, "attributes.status = 'FINISHED'")
+    if not runs:
+        raise ModelError(f"best:{experiment}:{metric}: no FINISHED runs in MLflow experiment {experiment!r} "
+                         f"at {uri}")
+    scored = [(r.data.metrics[key], r) for r in runs
+              if key in r.data.metrics and math.isfinite(r.data.metrics[key])]
+    if not scored:
+        some = sorted({k for r in runs for k in r.data.metrics if k.startswith("test/")})[:12]
+        raise ModelError(f"best:{experiment}:{metric}: no FINISHED run of {experiment!r} has metric {key!r}; "
+                         f"test metrics there: {', '.join(some) or 'none'}")
+    pick = min if _lower_is_better(key) else max
+    value, run = pick(scored, key=lambda vr: vr[0])
+    log.info("best:%s:%s -> run %s (%s), %s = %.4f of %d runs", experiment, metric, run.info.run_id,
+             run.info.run_name, key, value, len(scored))
+    return run
+
+
+def resolve_model(spec: str, device: torch.device, uri: str | None = None) -> Model:
+    """MODEL argument (checkpoint path | run id | best:<experiment>:<metric>) -> Model."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():    # a run's output folder
+        path = path / "checkpoints" / "best.pt"
+    if path.exists():
+        return model_from_checkpoint(load_checkpoint(path), str(path), device)
+    from seg.tracking import resolve_uri
+
+    uri = resolve_uri(uri)
+    try:
+        return _model_from_mlflow(spec, device, uri)
+    except ModelError:
+        raise
+    except Exception as err:   # the store itself: unreachable server, unreadable database, ...
+        raise ModelError(f"MODEL {spec!r}: MLflow tracking store {uri} failed: {type(err).__name__}: {err}") from None
+
+
+def _model_from_mlflow(spec: str, device: torch.device, uri: str) -> Model:
+    looks_like_run = spec.startswith("best:") or RUN_ID.fullmatch(spec)
+    from seg.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if looks_like_run and db is not None and not db.is_file():
+        raise ModelError(f"MODEL {spec!r}: the MLflow store {uri} does not exist (no runs logged there yet?); "
+                         "set MLFLOW_TRACKING_URI or --tracking-uri to the store of your runs")
+    if spec.startswith("best:"):
+        experiment, sep, metric = spec[len("best:"):].rpartition(":")
+        if not sep or not experiment or not metric:
+            raise ModelError(f"MODEL {spec!r}: expected best:<experiment>:<metric>, e.g. best:phantom_xray:dice")
+        run_id = best_run(uri, experiment, metric).info.run_id
+    elif RUN_ID.fullmatch(spec):
+        run_id = spec
+    else:
+        raise ModelError(f"MODEL {spec!r}: no such checkpoint file, and not an MLflow run id (32 hex digits) "
+                         "or best:<experiment>:<metric>")
+    from seg.tracking import download_artifact
+
+    with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as tmp:
+        try:
+            local = download_artifact(uri, run_id, "checkpoints/best.pt", tmp)
+        except (LookupError, FileNotFoundError) as err:
+            raise ModelError(str(err)) from None
+        return model_from_checkpoint(load_checkpoint(local), f"run {run_id}", device)

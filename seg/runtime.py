@@ -1,0 +1,74 @@
+"""The process's run-time set-up, in one place: seeding, the device picker, the AMP dtype, threads.
+
+Every command (training, seg.predict, seg.models.summary, the benchmarks) picks its device through
+`select_device` and its autocast dtype through `amp_dtype` (docs/design.md, "Runtime").
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+AMP_MODES = ("auto", "fp16", "bf16", "off")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python `random`, numpy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: numpy and `random` from the worker's torch seed (itself drawn from the
+    loader's generator, so a run seeded the same way repeats)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """"auto" -> cuda if available, else mps, else cpu; anything else is passed to torch.device.
+
+    Raises ValueError for a CUDA / MPS device that is not available, naming the alternatives.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device={name!r} is not a device name ({err}); use auto, cpu, cuda, cuda:N or mps") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available; use device=auto or device=cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ValueError(f"device={name!r} but MPS is not available; use device=auto or device=cpu")
+    return device
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """amp: auto (fp16 on CUDA, off elsewhere) | fp16 | bf16 | off -> autocast dtype, or None for fp32.
+
+    The same rule serves training and seg.predict (which reads `amp` from the checkpoint's config).
+    """
+    choices = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
+    if mode not in choices:
+        raise ValueError(f"amp={mode!r}; allowed values: {', '.join(AMP_MODES)}")
+    if mode == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return choices[mode]
+
+
+def set_threads(threads: int | None) -> None:
+    """torch intra-op threads; None or 0 leaves torch's default."""
+    if threads:
+        threads = int(threads)
+        if threads < 1:
+            raise ValueError(f"threads={threads}; expected an integer >= 1 or null")
+        torch.set_num_threads(threads)

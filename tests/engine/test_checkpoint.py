@@ -1,0 +1,113 @@
+"""seg.engine.checkpoint: atomic writes, the previous last.pt kept, damaged files set aside, every RNG restored."""
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from seg.data.transforms import PairedDataset, build_transforms
+from seg.engine import checkpoint
+
+
+def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"state_dict": {"w": torch.ones(2)}, "config": {}}, path)
+    real_save = torch.save
+
+    def dies_half_way(obj, fh):
+        real_save(obj, fh)
+        fh.truncate(10)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_atomic({"state_dict": {"w": torch.zeros(2)}, "config": {}}, path)
+    monkeypatch.undo()
+    assert torch.equal(checkpoint.load(path)["state_dict"]["w"], torch.ones(2))   # the old one, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]               # no temp file left
+
+
+def test_last_is_kept_as_last_prev_and_job_status_is_written_whole(tmp_path):
+    for value in (1.0, 2.0):
+        checkpoint.save_atomic({"state_dict": {"w": torch.full((2,), value)}, "config": {}}, tmp_path / "last.pt",
+                               keep_previous=tmp_path / "last.prev.pt")
+    assert checkpoint.load(tmp_path / "last.pt")["state_dict"]["w"][0] == 2.0
+    assert checkpoint.load(tmp_path / "last.prev.pt")["state_dict"]["w"][0] == 1.0
+    checkpoint.write_text_atomic(tmp_path / "job_status.json", '{"status": "FINISHED"}')
+    assert (tmp_path / "job_status.json").read_text() == '{"status": "FINISHED"}'
+
+
+def _last(value: float, epoch: int) -> dict:
+    return {"state_dict": {"w": torch.full((2,), value)}, "config": {}, "optimizer": {}, "loop": {"epoch": epoch}}
+
+
+@pytest.mark.parametrize("damage,why", [("truncate", "corrupt or unreadable checkpoint"),
+                                        ("nan", "holds non-finite weights (w)")])
+def test_a_damaged_last_is_named_set_aside_and_the_previous_one_used(tmp_path, damage, why, caplog):
+    torch.save(_last(1.0, 0), tmp_path / "last.prev.pt")
+    if damage == "truncate":
+        (tmp_path / "last.pt").write_bytes(b"")           # a kill -9 during a non-atomic write
+    else:
+        torch.save(_last(float("nan"), 1), tmp_path / "last.pt")
+    ckpt, notes = checkpoint.resume_state(tmp_path)
+    assert ckpt["loop"]["epoch"] == 0 and torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
+    assert len(notes) == 1 and why in notes[0] and str(tmp_path / "last.pt") in notes[0]
+    assert "set aside as last.pt.damaged" in notes[0] and "damaged checkpoint" in caplog.text
+    assert not (tmp_path / "last.pt").exists() and (tmp_path / "last.pt.damaged").is_file()
+    (tmp_path / "last.prev.pt").write_bytes(b"junk")
+    assert checkpoint.resume_state(tmp_path)[0] is None        # nothing good left: from scratch
+
+
+def test_every_random_stream_continues_after_a_restore():
+    transform = build_transforms(32, train=True, seed=3)
+
+    class Data(PairedDataset):
+        def __len__(self):
+            return 4
+
+        def load(self, index):
+            rng = np.random.default_rng(index)
+            return (rng.random((40, 40)) * 255).astype(np.uint8), (rng.random((40, 40)) > 0.5).astype(np.uint8)
+
+    data = Data(transform)
+    concat = torch.utils.data.ConcatDataset([data])
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    data[0]                                                    # move the transform's stream along
+    saved = checkpoint.rng_state(gen, concat)
+
+    def draws():
+        return (torch.rand(3), np.random.rand(3), random.random(), torch.randperm(10, generator=gen),
+                data[1][0])
+
+    first = draws()
+    blob = io.BytesIO()
+    torch.save(saved, blob)
+    blob.seek(0)
+    restored = torch.load(blob, weights_only=True)             # the state survives a weights-only round trip
+    data.transform = build_transforms(32, train=True, seed=3)  # a resumed run rebuilds (reseeds) its data
+    checkpoint.set_rng_state(restored, gen, concat)
+    second = draws()
+    for a, b in zip(first, second):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    data.transform = build_transforms(32, train=True, seed=3)
+    assert not torch.equal(data[1][0], first[4])               # without the restore: epoch 1's augmentations again
+
+
+def test_a_last_pt_written_before_schema_1_still_resumes(tmp_path):
+    """A KILLED run of an older store left a flat last.pt (torch RNG and loader generator only)."""
+    gen = torch.Generator().manual_seed(4)
+    old = {"state_dict": {"w": torch.ones(2)}, "optimizer": {"state": {}, "param_groups": []}, "scheduler": None,
+           "scaler": {}, "generator": gen.get_state(), "rng": torch.get_rng_state(), "epoch": 2, "best": 0.4,
+           "best_epoch": 1, "stale": 1, "train_time": 3.0, "images": 30}
+    torch.save(old, tmp_path / "last.pt")
+    ckpt, notes = checkpoint.resume_state(tmp_path)
+    assert notes == [] and ckpt["loop"] == {"epoch": 2, "best": 0.4, "best_epoch": 1, "stale": 1, "train_time": 3.0,
+                                            "images": 30}
+    expected = torch.randperm(8, generator=torch.Generator().manual_seed(4))
+    other = torch.Generator().manual_seed(99)
+    checkpoint.set_rng_state(ckpt["rng"], other)
+    assert torch.equal(torch.randperm(8, generator=other), expected) and ckpt["history"] is None

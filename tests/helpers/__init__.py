@@ -1,0 +1,1 @@
+"""Shared test helpers: the one Hydra compose helper (compose.py)."""
