@@ -223,6 +223,11 @@ def search_runs(uri: str, experiment: str, filter_string: str = "") -> list:
     return list(client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=10000))
 
 
+def metric_steps(uri: str, run_id: str, key: str) -> list[int]:
+    """The steps at which a run logged `key` (in logging order)."""
+    return [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)]
+
+
 def runs_with_hash(uri: str, experiment: str, config_hash: str) -> list:
     """Active (not deleted) runs of one configuration, newest first."""
     _ensure_store(uri)
