@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from seg.config import build, flatten
+from seg.config import build, flatten, scheduler_patience_warning
 from seg.data.base import Case
-from seg.metrics import structure_rows, summarize
+from seg.metrics import CASE_COLUMNS, structure_rows, summarize
 from seg.tracking import Tracker, kill_sweep_parent, runs_with_hash, sweep_parent
 from seg.viz import write_overlay
 
@@ -343,6 +343,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
         raise ValueError(f"trainer.monitor={t.monitor!r}; allowed values: {', '.join(MONITORS)} (higher is better)")
     if t.accumulate < 1:
         raise ValueError(f"trainer.accumulate={t.accumulate}; expected an integer >= 1")
+    if (warning := scheduler_patience_warning(cfg)) is not None: log.warning(warning)  # noqa: E701
     num_classes = int(cfg.dataset.num_classes)
     data = build(cfg.dataset.source, seed=cfg.seed)
     (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
@@ -467,7 +468,7 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def _write_cases(path: Path, rows: list[dict]) -> None:
-    fields = ["case_id", "structure", "gt_empty", "pred_empty", "dice", "iou", "hd", "hd95", "assd"]
+    fields = list(CASE_COLUMNS)
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
