@@ -6,8 +6,10 @@ MODEL is one of
   - a checkpoint file (`checkpoints/best.pt` of a run: {"state_dict", "config", ...}), or a run's
     output folder holding it;
   - an MLflow run id (32 hex digits): its `checkpoints/best.pt` artifact is downloaded;
-  - `best:<experiment>:<metric>`: the FINISHED run of that experiment with the best test metric
-    (`dice` means `test/dice`; higher is better except for hd / hd95 / assd / fpr / loss).
+  - `best:<experiment>:<metric>[@KEY=VALUE...]`: chosen on validation only (seg.report.runs.best_by_validation):
+    the configuration with the best mean `best/val/<metric>` over its seeds (`dice` means val/dice; test
+    metrics are refused), then its seed with the best value; `@sweep_id=<ID>` keeps one sweep (default:
+    every sweep), any other `@KEY=VALUE` keeps runs with that tag. Smoke runs are never chosen.
   The tracking URI is `--tracking-uri`, else $MLFLOW_TRACKING_URI, else the project default
   (sqlite:///<project>/mlruns/mlflow.db).
 
@@ -230,25 +232,35 @@ def _lower_is_better(metric: str) -> bool:
 
 
 def best_run(uri: str, experiment: str, metric: str):
-    """The FINISHED run of `experiment` with the best `metric` (newest first on ties)."""
-    from seg.tracking import search_runs
+    """The run `best:<experiment>:<metric>[@KEY=VALUE...]` names, chosen on validation only.
 
-    key = metric if "/" in metric else f"test/{metric}"
-    runs = search_runs(uri, experiment, "attributes.status = 'FINISHED'")
-    if not runs:
-        raise ModelError(f"best:{experiment}:{metric}: no FINISHED runs in MLflow experiment {experiment!r} "
-                         f"at {uri}")
-    scored = [(r.data.metrics[key], r) for r in runs
-              if key in r.data.metrics and math.isfinite(r.data.metrics[key])]
-    if not scored:
-        some = sorted({k for r in runs for k in r.data.metrics if k.startswith("test/")})[:12]
-        raise ModelError(f"best:{experiment}:{metric}: no FINISHED run of {experiment!r} has metric {key!r}; "
-                         f"test metrics there: {', '.join(some) or 'none'}")
-    pick = min if _lower_is_better(key) else max
-    value, run = pick(scored, key=lambda vr: vr[0])
-    log.info("best:%s:%s -> run %s (%s), %s = %.4f of %d runs", experiment, metric, run.info.run_id,
-             run.info.run_name, key, value, len(scored))
-    return run
+    metric: `dice` / `iou` (meaning val/dice, val/iou) or `val/<name>`; test metrics are refused. Each
+    `@KEY=VALUE` keeps runs whose tag KEY equals VALUE (`@sweep_id=<ID>` one sweep; default: every sweep).
+    The configuration (model x loss x settings) with the best mean best/<metric> over its seeds, then its
+    seed with the best best/<metric>: seg.report.runs.best_by_validation (smoke runs left out).
+    """
+    from seg.report.runs import ReportError, best_by_validation
+
+    metric, *filters = metric.split("@")
+    tags = {}
+    for item in filters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ModelError(f"best:{experiment}:{metric}@{item}: expected @KEY=VALUE filters, e.g. "
+                             f"best:{experiment}:dice@sweep_id=2026-11-26_13-46-28")
+        tags[key] = value
+    monitor = metric if "/" in metric else f"val/{metric}"
+    sweep = tags.pop("sweep_id", None)
+    try:
+        run, config = best_by_validation(uri, experiment, monitor, sweep_id=sweep, tags=tags)
+    except ReportError as err:
+        raise ModelError(f"best:{experiment}:{metric}: {err}") from None
+    log.info("best:%s:%s -> run %s (%s) of %s, best/%s = %.4f (mean over %d seed(s) %.4f)", experiment, metric,
+             run.run_id, run.name, config.label, monitor, run.metrics[f"best/{monitor}"], len(config.runs),
+             config.val(monitor))
+    from seg.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(run.run_id)
 
 
 def resolve_model(spec: str, device: torch.device, uri: str | None = None) -> Model:
@@ -724,9 +736,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m seg.predict",
         description="Segment DICOM files / series, NIfTI volumes and PNG / JPEG images with a trained run.",
-        epilog="MODEL: checkpoint file | MLflow run id | best:<experiment>:<metric> (e.g. best:phantom_xray:dice). "
+        epilog="MODEL: checkpoint file | MLflow run id | best:<experiment>:<metric>[@KEY=VALUE...], chosen on "
+               "validation (e.g. best:phantom_xray:dice@sweep_id=2026-11-26_13-46-28). "
                "Outputs per input in --out: <name>_label.png|.nii.gz, <name>_overlay.png; and predictions.csv.")
-    parser.add_argument("model", metavar="MODEL", help="checkpoint path, MLflow run id or best:<experiment>:<metric>")
+    parser.add_argument("model", metavar="MODEL", help="checkpoint path, MLflow run id or best:<experiment>:<val metric>[@sweep_id=ID]")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
                         help="DICOM file or series folder, .nii/.nii.gz, .png/.jpg, or a folder of them")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
