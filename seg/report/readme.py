@@ -23,13 +23,20 @@ from seg.report.render import Table, finite, fmt, fmt_ci, fmt_p, markdown_table,
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def results_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame | None, tasks: Sequence[str] = ()) -> str:
-    """The README block: per task a configuration table and a comparison table, from the report CSVs."""
+def results_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame | None, tasks: Sequence[str] = (),
+                     results: pd.DataFrame | None = None) -> str:
+    """The README block: per task its scope (from results.csv: sweeps, runs), a configuration table and a
+    comparison table, from the report CSVs."""
     parts = []
     for task in (tasks or list(dict.fromkeys(summary["task"]))):
         s = summary[summary["task"] == task]
         if s.empty:
             raise ValueError(f"task {task!r} is not in summary.csv; tasks there: {', '.join(summary.task.unique())}")
+        if results is not None and not results.empty:
+            r = results[results["task"] == task]
+            done = r[r["included"].astype(str).str.lower() == "true"]
+            parts.append(f"Sweep {', '.join(sorted(set(r['sweep_id'].astype(str))))}: {len(s)} configuration(s) "
+                         f"from {len(done)} averaged run(s) of {len(r)} selected.\n")
         has_empty = (s["n_empty"] > 0).any()
         headers = ["model", "loss", "n runs", "best val Dice", "n units (GT+)" if has_empty else "n units",
                    "Dice (GT+) [95% CI]" if has_empty else "Dice [95% CI]"]
@@ -82,8 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"seg.report.readme: {summary_csv} not found: run `make report` first", file=sys.stderr)
         return 1
     try:
-        block = results_markdown(pd.read_csv(summary_csv, keep_default_na=True),
-                                 pd.read_csv(comp_csv) if comp_csv.is_file() else None, args.task)
+        results_csv = args.report / "results.csv"
+        block = results_markdown(pd.read_csv(summary_csv), pd.read_csv(comp_csv) if comp_csv.is_file() else None,
+                                 args.task, pd.read_csv(results_csv) if results_csv.is_file() else None)
         update_readme(args.readme, block)
     except ValueError as exc:
         print(f"seg.report.readme: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _md_row(row: Sequence[str], i: int, bold: set) -> str:
 
 def _env(autoescape: bool) -> Environment:
     env = Environment(loader=PackageLoader("seg.report", "templates"), undefined=StrictUndefined,
-                      autoescape=select_autoescape(["html"]) if autoescape else False,
+                      autoescape=autoescape,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["md"] = _md_cell
     env.filters["slug"] = slug

@@ -171,6 +171,7 @@ def test_readme_block_is_written_from_the_report_csvs(built, tmp_path):
     assert (f"| unet ◆ | dice | 2 | 0.705 | 7 | {row.dice_pos:.3f} [{row.dice_pos_ci_low:.3f}, "
             f"{row.dice_pos_ci_high:.3f}] | 3 | 0.000 [0.000, 0.000] |") in text
     assert "| unet + dice | unet + bce | 7 |" in text
+    assert "Sweep 2026-11-01_10-00-00: 3 configuration(s) from 6 averaged run(s) of 6 selected." in text
     target.write_text("no markers")
     assert readme.main(["--report", str(built["out"]), "--readme", str(target)]) == 1
     assert readme.main(["--report", str(tmp_path / "none"), "--readme", str(target)]) == 1
@@ -237,3 +238,18 @@ def test_real_phantom_sweep_report_end_to_end(tmp_path, phantom_cache):
     row = summary[(summary.model == "unet") & (summary.loss == "dice")].iloc[0]
     assert row.dice_pos == pytest.approx(pos.dice.mean(), rel=1e-9)
     assert row.n_pos == len(pos) and row.n_empty == int(cases.gt_empty.astype(bool).sum())
+
+
+def test_html_escapes_every_text_from_mlflow():
+    """Run names, flags and captions come from MLflow and configs: the HTML template escapes them all."""
+    from seg.report.render import Section, Table, render_html
+
+    sec = Section("task<1>")
+    sec.p("a <script>alert(1)</script> & b")
+    sec.table(Table(["h<"], [["<i>cell</i>"]], {(0, 0)}, "cap <u>"))
+    sec.items(["<b>flag</b>"])
+    html = render_html("T<", ["meta <em>"], [sec])
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; b" in html
+    for raw in ("<i>cell", "<u>", "<b>flag", "<em>", "task<1>", "T<"):
+        assert raw not in html, raw
+    assert '<td class="best"><strong>&lt;i&gt;cell&lt;/i&gt;</strong></td>' in html
