@@ -9,7 +9,8 @@ MODEL is one of
   - `best:<experiment>:<metric>[@KEY=VALUE...]`: chosen on validation only (seg.report.runs.best_by_validation):
     the configuration with the best mean `best/val/<metric>` over its seeds (`dice` means val/dice; test
     metrics are refused), then its seed with the best value; `@sweep_id=<ID>` keeps one sweep (default:
-    every sweep), any other `@KEY=VALUE` keeps runs with that tag. Smoke runs are never chosen.
+    every sweep), any other `@KEY=VALUE` keeps runs with that tag. Smoke runs (trainer.limit_train_batches
+    or debug.* set) are chosen only when no other run matches.
   The tracking URI is `--tracking-uri`, else $MLFLOW_TRACKING_URI, else the project default
   (sqlite:///<project>/mlruns/mlflow.db).
 
@@ -237,7 +238,7 @@ def best_run(uri: str, experiment: str, metric: str):
     metric: `dice` / `iou` (meaning val/dice, val/iou) or `val/<name>`; test metrics are refused. Each
     `@KEY=VALUE` keeps runs whose tag KEY equals VALUE (`@sweep_id=<ID>` one sweep; default: every sweep).
     The configuration (model x loss x settings) with the best mean best/<metric> over its seeds, then its
-    seed with the best best/<metric>: seg.report.runs.best_by_validation (smoke runs left out).
+    seed with the best best/<metric>: seg.report.runs.best_by_validation (smoke runs only if nothing else).
     """
     from seg.report.runs import ReportError, best_by_validation
 

@@ -415,12 +415,13 @@ def reference_config(configs: Sequence[Config], monitor: str = DEFAULT_MONITOR) 
 
 
 def best_by_validation(uri: str, experiment: str, monitor: str = DEFAULT_MONITOR, sweep_id: str | None = None,
-                       tags: dict | None = None, include_smoke: bool = False) -> tuple[Run, Config]:
+                       tags: dict | None = None, include_smoke: bool | None = None) -> tuple[Run, Config]:
     """(run, its configuration) chosen by validation only, for `seg.predict best:`.
 
     The configuration: `reference_config` (best mean `best/<monitor>` over seeds) among the FINISHED
-    non-parent runs of `experiment` with the given tags, of sweep `sweep_id` (default: every sweep;
-    smoke runs left out unless include_smoke); runs of different settings are different configurations.
+    non-parent runs of `experiment` with the given tags, of sweep `sweep_id` (default: every sweep);
+    runs of different settings are different configurations. Smoke runs: include_smoke True / False;
+    None (default) leaves them out unless no other run matches.
     The run: that configuration's seed with the best `best/<monitor>` (the newest on ties).
     Raises ReportError naming the experiment, filters and metric when nothing qualifies.
     """
@@ -428,8 +429,13 @@ def best_by_validation(uri: str, experiment: str, monitor: str = DEFAULT_MONITOR
         raise ReportError(f"monitor {monitor!r}: selection uses validation metrics only (e.g. val/dice); test "
                           "metrics are reported, never used to choose")
     client = open_store(uri)
-    sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None,
-                      include_smoke=include_smoke)
+    try:
+        sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None,
+                          include_smoke=bool(include_smoke))
+    except ReportError:
+        if include_smoke is not None:
+            raise
+        sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None, include_smoke=True)
     configs = group_configs(sel.tasks.get(experiment, []))
     if not configs:
         raise ReportError(f"no FINISHED run with test metrics in experiment {experiment!r} ({sel.filters})")

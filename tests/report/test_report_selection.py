@@ -137,6 +137,10 @@ def test_only_smoke_runs_fail_with_the_flag_to_use(new_store, synth):
         report.select_runs(client, uri)
     sel = report.select_runs(client, uri, include_smoke=True)
     assert len(sel.tasks["phantom_xray"]) == 1
+    run, _ = report.best_by_validation(uri, "phantom_xray")             # predict: smoke runs when nothing else
+    assert run.run_id == sel.tasks["phantom_xray"][0].run_id
+    with pytest.raises(report.ReportError, match="add --include-smoke"):
+        report.best_by_validation(uri, "phantom_xray", include_smoke=False)
 
 
 def test_best_by_validation_takes_a_sweep_and_tag_filter(store, synth):
