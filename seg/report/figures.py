@@ -47,9 +47,10 @@ def plot_heatmaps(configs: Sequence[Config], path: Path, title: str, dice_label:
     plt = _plt()
     models = order([c.model for c in configs], MODEL_ORDER)
     losses = order([c.loss for c in configs], LOSS_ORDER)
-    panels = (("dice_pos", f"test {dice_label}: mean over units [95% CI]", "viridis"),
-              ("hd95_median", "test HD95 (MONAI, max of directed): median over units; lower is better", "viridis_r"))
-    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 2.1 * len(losses) * 2, 1.4 + 0.9 * len(models)), squeeze=False)
+    panels = (("dice_pos", f"test {dice_label}\nmean over units [95% CI]", "viridis"),
+              ("hd95_median", "test HD95 (MONAI's), median\nover units; lower is better", "viridis_r"))
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.2 + 2.1 * len(losses) * 2), 1.8 + 0.9 * len(models)),
+                             squeeze=False)
     lookup: dict = {}
     for c in configs:
         lookup.setdefault((c.model, c.loss), c)
