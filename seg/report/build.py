@@ -79,6 +79,8 @@ def main_table(configs: Sequence[Config], ref: Config | None, has_empty: bool, u
                f"over {unit}s. {fixed}HD95 median / mean over {unit}s; 'HD95 penalty': how many case x structure "
                f"values (all seeds) are the empty-prediction penalty, of all. ◆ the reference configuration: best mean "
                f"best/{monitor} over its seeds (chosen on validation, never on test). {HD95_NOTE}")
+    if not any(finite(c.stats.get("hd95_pooled_median")) for c in configs):
+        caption += " HD95 pooled: – where the runs' cases.csv has no hd95_pooled column (written before it existed)."
     return Table(headers, rows, set(), caption)
 
 
