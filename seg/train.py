@@ -27,13 +27,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from seg.config import build, flatten
+from seg.config import build, flatten, scheduler_patience_warning
 from seg.data import open_dataset
 from seg.engine import checkpoint
 from seg.engine.hooks import Checkpointer, MLflowLogger, NanLossAtEpoch, SigtermAfterEpoch
 from seg.engine.inference import evaluate
 from seg.engine.loop import Fit, Hook, LoopState, NonFiniteWeightsError, check_settings, fit
-from seg.metrics import summarize
+from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
 from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
 from seg.sweep import config_hash, hydra_context, plan_resume, previous_runs, sweep_parent_id, write_job_status
@@ -155,6 +155,9 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
 def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved: dict, resume: dict,
                   extra_hooks: Sequence[Hook], data) -> float:
     t = cfg.trainer
+    warning = scheduler_patience_warning(cfg)   # a plateau patience that cannot act before early stopping
+    if warning is not None:
+        log.warning(warning)
     num_classes = int(cfg.dataset.num_classes)
     (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
     tracker.log_artifact(out_dir / "split.json")
@@ -253,7 +256,7 @@ test_pass.__test__ = False    # not a pytest test
 
 
 def _write_cases(path: Path, rows: list[dict]) -> None:
-    fields = ["case_id", "structure", "gt_empty", "pred_empty", "dice", "iou", "hd", "hd95", "assd"]
+    fields = list(CASE_COLUMNS)
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
