@@ -25,7 +25,7 @@ def test_groups_hold_the_documented_choices():
                                        "covid_radiography", "ct_heart", "phantom_acdc_lv", "phantom_acdc_rv",
                                        "phantom_cardiac", "phantom_ct_heart", "phantom_lung",
                                        "phantom_radiography", "phantom_xray"}
-    assert choices("launcher") == ["joblib", "slurm", "submitit_local"]
+    assert choices("launcher") == ["joblib", "slurm", "slurm_local", "submitit_local"]
     assert choices("hparams") == ["optuna"]
     assert choices("optimizer") == ["adam", "adamw", "sgd"]
     assert choices("scheduler") == ["cosine", "none", "plateau", "poly"]
