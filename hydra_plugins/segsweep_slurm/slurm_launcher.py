@@ -147,6 +147,9 @@ def end_runs_killed_on_requeue() -> None:
         try:
             handler(sig, frame)
         except SystemExit:
+            # the requeue makes SLURM send SIGTERM next: it must not interrupt the run's own clean-up
+            # (ending it KILLED in MLflow); SIGKILL follows after the cluster's KillWait anyway
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise KeyboardInterrupt(f"{signal.Signals(sig).name}: SLURM pre-empted or timed out the job, "
                                     "which is requeued") from None
 
