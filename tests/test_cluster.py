@@ -4,6 +4,7 @@ PostgreSQL-backed MLflow server (scripts/cluster/cluster.sh), one job requeued m
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -35,7 +36,8 @@ def _fake_slurm(bin_dir: Path) -> Path:
     calls = bin_dir / "calls.txt"
     for name in ("sbatch", "srun", "squeue", "sacct", "scontrol"):
         script = bin_dir / name
-        script.write_text(f"#!/bin/sh\necho {name} \"$@\" >> {calls}\necho '{name}: this is not a cluster' >&2\nexit 1\n")
+        script.write_text(f"#!/bin/sh\necho {name} \"$@\" >> {calls}\n"
+                          f"echo '{name}: this is not a cluster' >&2\nexit 1\n")
         script.chmod(0o755)
     return calls
 
@@ -150,7 +152,8 @@ def cluster():
     subprocess.run([str(CLUSTER), "up"], check=True, timeout=900)
     try:
         env = dict(os.environ)
-        for line in subprocess.run([str(CLUSTER), "env"], capture_output=True, text=True, check=True).stdout.split("\n"):
+        lines = subprocess.run([str(CLUSTER), "env"], capture_output=True, text=True, check=True).stdout
+        for line in lines.splitlines():
             if line:
                 key, _, value = line.removeprefix("export ").partition("=")
                 env[key] = value
@@ -230,3 +233,36 @@ def test_phantom_study_through_slurm_with_a_job_requeued_mid_run(cluster, tmp_pa
     assert len(rows) == 9 and {(r["model"], r["loss"]) for r in rows} == {
         (m, loss) for m in ("unet", "resunet", "transunet") for loss in ("bce", "focal", "dice")}
     assert {r["n_runs"] for r in rows} == {"1"}
+
+
+@pytest.mark.slow
+def test_a_job_killed_for_good_is_a_failed_job_of_the_sweep(cluster, tmp_path, phantom_cache):
+    """A job killed without requeue and without a chance to clean up (SIGKILL: the OOM killer, a node
+    failure): the launcher learns its end from squeue (no accounting database here) instead of waiting
+    forever, the sweep summary lists it FAILED and the command exits 1."""
+    env = {**cluster, "SEGSWEEP_CACHE": str(phantom_cache)}
+    sweep_dir = tmp_path / "sweep"
+    log = (tmp_path / "sweep.log").open("w")
+    args = ["model=unet", "loss=dice,bce", "launcher=slurm_local", "trainer.epochs=20",
+            *[o for o in TINY if not o.startswith("trainer.epochs")],
+            f"tracking.experiment=cluster-cancel-{time.strftime('%Y%m%d-%H%M%S')}", f"hydra.sweep.dir={sweep_dir}"]
+    sweep = subprocess.Popen([sys.executable, "run.py", "-m", *args], cwd=PROJECT_ROOT, env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        while not list(sweep_dir.glob("1_*/checkpoints/last.pt")) and time.time() < deadline \
+                and sweep.poll() is None:
+            time.sleep(0.5)
+        (task_dir,) = [d for d in sweep_dir.glob(".submitit/*_1") if d.name.split("_")[0].isdigit()]
+        subprocess.run(["scancel", "--signal=KILL", task_dir.name], env=env, check=True, timeout=60)
+        rc = sweep.wait(timeout=900)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        log.close()
+    out = (tmp_path / "sweep.log").read_text()
+    assert rc == 1, out[-3000:]
+    assert "sweep done: 1 of 2 jobs FINISHED, 0 SKIPPED (already finished), 1 FAILED\n" in out, out[-3000:]
+    status = json.loads((sweep_dir / "1_unet-bce-s0" / "job_status.json").read_text())
+    assert status["status"] == "FAILED"
+    assert status["reason"].startswith(f"SLURM job {task_dir.name} ended without a result (state FAILED)")

@@ -51,7 +51,7 @@ class SegsweepSlurmConf(SlurmQueueConf):
     allow_sqlite: bool = False       # accept a sqlite:// tracking URI (single-node clusters only)
     slurm_conf: Optional[str] = None  # exported as SLURM_CONF (a cluster whose slurm.conf is not in /etc/slurm)
     tracking_uri: Optional[str] = None  # the sweep's tracking URI, checked before anything is submitted
-    requeue: bool = True             # sbatch --requeue (pre-empted / `scontrol requeue`d jobs come back), else --no-requeue
+    requeue: bool = True             # sbatch --requeue (pre-empted or requeued jobs come back), else --no-requeue
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="segsweep_slurm", node=SegsweepSlurmConf,
@@ -238,6 +238,8 @@ class SegsweepSlurmLauncher(SlurmLauncher):
         executor = self._executor(check_srun=True)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
         job_params: List[Any] = []
         for i, overrides in enumerate(job_overrides):
