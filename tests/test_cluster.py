@@ -266,3 +266,29 @@ def test_a_job_killed_for_good_is_a_failed_job_of_the_sweep(cluster, tmp_path, p
     status = json.loads((sweep_dir / "1_unet-bce-s0" / "job_status.json").read_text())
     assert status["status"] == "FAILED"
     assert status["reason"].startswith(f"SLURM job {task_dir.name} ended without a result (state FAILED)")
+
+
+def test_a_parent_run_left_by_a_killed_job_is_adopted_not_created_twice(tmp_path):
+    """A job killed between creating the sweep's parent run and writing its id file (SLURM requeues it at
+    any moment) left the parent in MLflow; the next job adopts it: one parent per sweep."""
+    from mlflow import MlflowClient
+
+    from seg.tracking import PARENT_TAG, get_or_create_experiment, search_runs, sweep_parent
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep_dir = tmp_path / "sweep"
+    info = {"command": "run.py -m model=unet,resunet", "grid": {"model": "unet,resunet"}, "overrides": []}
+    first = sweep_parent(uri, "phantom_xray", "sweep", sweep_dir, info)
+    (sweep_dir / ".mlflow_parent_phantom_xray").unlink()  # as if the job died before writing it
+    assert sweep_parent(uri, "phantom_xray", "sweep", sweep_dir, info) == first
+    assert (sweep_dir / ".mlflow_parent_phantom_xray").read_text() == first
+
+    # killed even before the parent's params were logged: adopted, the params added
+    client = MlflowClient(uri)
+    other = tmp_path / "other"
+    orphan = client.create_run(get_or_create_experiment(client, "phantom_xray", uri), run_name="sweep-other",
+                               tags={PARENT_TAG: "true", "sweep_id": "other", "sweep_dir": str(other)})
+    assert sweep_parent(uri, "phantom_xray", "other", other, info) == orphan.info.run_id
+    assert client.get_run(orphan.info.run_id).data.params["grid.model"] == "unet,resunet"
+    parents = [r for r in search_runs(uri, "phantom_xray") if r.data.tags.get(PARENT_TAG) == "true"]
+    assert sorted(r.info.run_id for r in parents) == sorted([first, orphan.info.run_id])
