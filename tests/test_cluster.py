@@ -236,10 +236,10 @@ def test_phantom_study_through_slurm_with_a_job_requeued_mid_run(cluster, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_job_killed_for_good_is_a_failed_job_of_the_sweep(cluster, tmp_path, phantom_cache):
-    """A job killed without requeue and without a chance to clean up (SIGKILL: the OOM killer, a node
-    failure): the launcher learns its end from squeue (no accounting database here) instead of waiting
-    forever, the sweep summary lists it FAILED and the command exits 1."""
+def test_a_job_cancelled_for_good_ends_the_wait_and_fails_the_sweep(cluster, tmp_path, phantom_cache):
+    """`scancel` (no requeue): the job ends its run KILLED; the launcher learns that the job ended without
+    a result from squeue (there is no accounting database for sacct here) instead of waiting forever,
+    the sweep summary lists it and the command exits 1."""
     env = {**cluster, "SEGSWEEP_CACHE": str(phantom_cache)}
     sweep_dir = tmp_path / "sweep"
     log = (tmp_path / "sweep.log").open("w")
@@ -254,7 +254,7 @@ def test_a_job_killed_for_good_is_a_failed_job_of_the_sweep(cluster, tmp_path, p
                 and sweep.poll() is None:
             time.sleep(0.5)
         (task_dir,) = [d for d in sweep_dir.glob(".submitit/*_1") if d.name.split("_")[0].isdigit()]
-        subprocess.run(["scancel", "--signal=KILL", task_dir.name], env=env, check=True, timeout=60)
+        subprocess.run(["scancel", task_dir.name], env=env, check=True, timeout=60)
         rc = sweep.wait(timeout=900)
     finally:
         if sweep.poll() is None:
@@ -262,10 +262,10 @@ def test_a_job_killed_for_good_is_a_failed_job_of_the_sweep(cluster, tmp_path, p
         log.close()
     out = (tmp_path / "sweep.log").read_text()
     assert rc == 1, out[-3000:]
-    assert "sweep done: 1 of 2 jobs FINISHED, 0 SKIPPED (already finished), 1 FAILED\n" in out, out[-3000:]
+    assert f"SLURM job {task_dir.name} ended without a result (state CANCELLED)" in out, out[-3000:]
+    assert "sweep done: 1 of 2 jobs FINISHED, 0 SKIPPED (already finished), 1 FAILED (1 KILLED)" in out
     status = json.loads((sweep_dir / "1_unet-bce-s0" / "job_status.json").read_text())
-    assert status["status"] == "FAILED"
-    assert status["reason"].startswith(f"SLURM job {task_dir.name} ended without a result (state FAILED)")
+    assert status["status"] == "KILLED" and status["reason"] == "interrupted: SIGTERM"
 
 
 def test_a_parent_run_left_by_a_killed_job_is_adopted_not_created_twice(tmp_path):
