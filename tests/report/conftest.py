@@ -103,7 +103,12 @@ def new_store(empty_store, tmp_path):
     return make
 
 
+# this module, captured while it is imported: every conftest.py is a module named "conftest", so
+# sys.modules["conftest"] may name another folder's conftest by the time a test runs
+_THIS_MODULE = sys.modules[__name__]
+
+
 @pytest.fixture(scope="session")
 def synth():
     """This module's helpers (params_for, cases_frame, log_run, SWEEP, ...)."""
-    return sys.modules[__name__]
+    return _THIS_MODULE
