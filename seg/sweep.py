@@ -19,14 +19,12 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from seg.config import HASH_EXCLUDED
 from seg.engine import checkpoint
 from seg.engine.checkpoint import write_text_atomic
 
 log = logging.getLogger("segsweep")
 
-# top-level config keys that do not change what a run computes (see config_hash)
-HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "hydra", "resume", "debug", "n_jobs", "slurm",
-                 "seeds", "class_weights")
 
 
 def config_hash(resolved: dict, replace: Sequence[str]) -> str:

@@ -26,15 +26,12 @@ from typing import Sequence
 import pandas as pd
 
 from seg import tracking
+from seg.config import HASH_EXCLUDED
 
 PARENT_TAG = getattr(tracking, "PARENT_TAG", "segsweep.parent")  # "true" on a sweep's parent run
 NO_SWEEP = "none"                      # sweep_id of a single (non-multirun) run
 MODEL_ORDER = ("unet", "resunet", "transunet")
 LOSS_ORDER = ("bce", "focal", "dice", "bce_dice", "dice_focal", "wce")
-# top-level config keys that config_hash leaves out (seg.train.HASH_EXCLUDED; a test keeps the two equal,
-# copied so that the report does not import torch)
-HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "hydra", "resume", "debug", "n_jobs", "slurm",
-                 "seeds", "class_weights")
 DEFAULT_MONITOR = "val/dice"
 
 

@@ -60,10 +60,14 @@ def store(empty_store, tmp_path_factory, synth):
     return {"uri": uri, "client": client, "ids": ids, "root": root}
 
 
-def test_hash_excluded_keys_are_seg_train_s():
-    from seg.train import HASH_EXCLUDED
+def test_report_splits_configurations_on_exactly_what_config_hash_hashes():
+    """A key config_hash ignores never splits a row; a key it hashes does (one list: seg.config.HASH_EXCLUDED)."""
+    from seg.sweep import config_hash
 
-    assert rr.HASH_EXCLUDED == HASH_EXCLUDED
+    base = {"model": {"name": "unet"}, "seed": 0, "trainer": {"epochs": 2}}
+    for key in rr.HASH_EXCLUDED:
+        assert config_hash({**base, key: "a"}, []) == config_hash({**base, key: "b"}, [])
+    assert config_hash({**base, "trainer": {"epochs": 3}}, []) != config_hash(base, [])
 
 
 def test_default_is_the_latest_sweep_with_a_non_smoke_run(store, synth):
