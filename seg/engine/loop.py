@@ -32,10 +32,10 @@ from tqdm import tqdm
 from seg.engine.checkpoint import nonfinite
 from seg.engine.inference import evaluate
 from seg.metrics import summarize
+from seg.schema import MONITORS    # one list: the config check and the loop
 
 log = logging.getLogger(__name__)
 
-MONITORS = ("val/dice", "val/iou")
 
 
 class NonFiniteError(FloatingPointError):
