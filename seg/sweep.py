@@ -55,7 +55,9 @@ def hydra_context(cfg: DictConfig) -> dict:
                 "sweep_dir": Path(hc.sweep.dir) if multirun else None,
                 "overrides": " ".join(hc.overrides.task)}
     except ValueError:  # not under @hydra.main (tests, notebooks)
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        from datetime import datetime
+
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")   # two runs in one second: two dirs
         return {"output_dir": Path(cfg.paths.output) / "runs" / f"{stamp}_{cfg.tracking.run_name}",
                 "multirun": False, "sweep_id": "none", "sweep_dir": None, "overrides": ""}
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from seg.data import acdc as acdc_reader
+from seg.data.datasets import acdc as acdc_reader
 from seg.data.io.dicom import read_dicom, read_dicom_series
 from seg.data.io.png import read_png
 from seg.predict.cardiac import acdc_phases
