@@ -72,6 +72,34 @@ def test_two_sweeps_composed_in_the_same_second_get_different_dirs():
     assert str(cfg.hydra.sweep.dir) == str(cfg.hydra.sweep.dir)  # one sweep: one value, however often it is read
 
 
+@pytest.mark.slow
+def test_a_run_with_a_fresh_heartbeat_elsewhere_is_skipped_and_a_stale_one_resumed(tmp_path, phantom_cache, caplog):
+    """Across machines (a shared tracking store): no lock file is shared, the run's heartbeat decides."""
+    from omegaconf import OmegaConf
+
+    from seg.sweep import config_hash
+    from seg.train import run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg([*TINY, "device=cpu", "threads=1", f"tracking.uri={uri}", f"paths.output={tmp_path}/out"])
+    chash = config_hash(OmegaConf.to_container(cfg, resolve=True), [cfg.paths.cache, cfg.paths.root])
+    client = MlflowClient(uri)
+    exp = client.create_experiment("phantom_xray")
+    other = client.create_run(exp, run_name="unet-dice-s0", tags={
+        "config_hash": chash, HOST_TAG: "node-7", PID_TAG: "4242", HEARTBEAT_TAG: f"{time.time():.1f}"}).info.run_id
+    with caplog.at_level("INFO", logger="seg.train"):
+        value = run(cfg)
+    assert value != value            # NaN: nothing trained
+    assert f"skipped unet-dice-s0: being trained by run {other} on host node-7 (pid 4242)" in caplog.text
+    assert client.get_run(other).info.status == "RUNNING" and not client.get_metric_history(other, "train/loss")
+    client.set_tag(other, HEARTBEAT_TAG, f"{time.time() - 301:.1f}")      # its owner stopped beating: dead
+    run(cfg)
+    (again,) = search_runs(uri, "phantom_xray")
+    assert again.info.run_id == other and again.info.status == "FINISHED"
+    assert again.data.tags[HOST_TAG] == socket.gethostname() and again.data.tags[PID_TAG] == str(os.getpid())
+    assert [m.step for m in client.get_metric_history(other, "train/loss")] == [0]
+
+
 # --- end to end: concurrent sweeps ------------------------------------------------------------------
 
 def _env(tmp_path: Path, phantom_cache: Path) -> dict:
@@ -200,6 +228,7 @@ def test_a_killed_worker_fails_only_its_own_job(tmp_path, phantom_cache):
 
 # --- point 9 -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_resumed_run_removes_the_old_last_checkpoints_once_it_has_its_own(tmp_path, phantom_cache):
     from seg.train import run
 
