@@ -82,6 +82,8 @@ RULES: tuple[Rule, ...] = (
     Rule("scheduler.factor", "float", 0, 1, low_open=True, required=False),
     Rule("debug.sigterm_after_epoch", "int", 1, nullable=True, required=False),
     Rule("tracking.overlays", "int", 0, required=False),
+    Rule("tracking.heartbeat_s", "float", 0, low_open=True, required=False),
+    Rule("tracking.stale_after_s", "float", 0, low_open=True, required=False),
 )
 
 _MISSING = object()

@@ -11,8 +11,11 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,7 +54,9 @@ def hydra_context(cfg: DictConfig) -> dict:
                 "sweep_dir": Path(hc.sweep.dir) if multirun else None,
                 "overrides": " ".join(hc.overrides.task)}
     except ValueError:  # not under @hydra.main (tests, notebooks)
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        from datetime import datetime
+
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")   # two runs in one second: two dirs
         return {"output_dir": Path(cfg.paths.output) / "runs" / f"{stamp}_{cfg.tracking.run_name}",
                 "multirun": False, "sweep_id": "none", "sweep_dir": None, "overrides": ""}
 
@@ -112,6 +117,125 @@ def plan_resume(cfg: DictConfig, unfinished, tags: dict) -> dict:
     return plan
 
 
+# ---------------------------------------------------------------------------------------------
+# one writer per configuration
+
+HOST = socket.gethostname()
+
+
+def lock_dir(uri: str, output: str | Path) -> Path:
+    """Where the per-configuration lock files live: beside a local sqlite store (`<db dir>/locks`), so every
+    checkout writing to that store shares them; for a server store `<paths.output>/locks` (other machines
+    are kept out by the run's heartbeat, see live_owner)."""
+    from seg.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    return (db.parent if db is not None else Path(output)) / "locks"
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+class ConfigLock:
+    """An exclusive, non-blocking fcntl lock on `<folder>/<config_hash>.lock`, held by the job that trains
+    the configuration for its whole run (the OS drops it when the process dies, however it dies).
+    The file holds the holder's {"pid", "host", "run_id", "since"} for the message of a job that finds it busy."""
+
+    def __init__(self, folder: str | Path, chash: str):
+        self.path = Path(folder) / f"{chash}.lock"
+        self._fh = None
+        self.info: dict = {}
+
+    def acquire(self) -> dict | None:
+        """Take the lock -> None; or, when another process holds it, that holder's info ({} if unknown)."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return _read_holder(self.path)
+        self._fh = fh
+        self.note(pid=os.getpid(), host=HOST, since=time.strftime("%Y-%m-%d %H:%M:%S"))
+        return None
+
+    def note(self, **info: Any) -> None:
+        """Record more about the holder (the MLflow run id once it exists)."""
+        if self._fh is None:
+            return
+        self.info.update(info)
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps(self.info))
+        self._fh.flush()
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def holder_text(info: dict) -> str:
+    """"run X on host H (pid P)" from a lock holder's info or a run's owner tags."""
+    run = f"run {info['run_id']}" if info.get("run_id") else "another job (no MLflow run yet)"
+    return f"{run} on host {info.get('host', '?')} (pid {info.get('pid', '?')})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_owner(run, stale_after_s: float, now: float | None = None) -> dict | None:
+    """The owner of a RUNNING run of this configuration if it is still training it, else None.
+
+    Alive = its heartbeat tag (seg.tracking.HEARTBEAT_TAG, refreshed by the job every tracking.heartbeat_s)
+    is younger than `stale_after_s` and, on this host, its process still exists. A run without a heartbeat
+    (written before this rule, or killed before its first beat) counts as dead: it is resumed.
+    """
+    from seg.tracking import HEARTBEAT_TAG, HOST_TAG, PID_TAG
+
+    tags = run.data.tags
+    try:
+        beat = float(tags.get(HEARTBEAT_TAG, "0"))
+        pid = int(tags.get(PID_TAG, "0"))
+    except ValueError:
+        return None
+    now = time.time() if now is None else now
+    if now - beat >= stale_after_s:
+        return None
+    host = tags.get(HOST_TAG, "?")
+    if host == HOST and pid and not _pid_alive(pid):
+        return None
+    return {"run_id": run.info.run_id, "host": host, "pid": pid, "age_s": round(now - beat, 1)}
+
+
+@contextmanager
+def config_lock(uri: str, output: str | Path, chash: str):
+    """with config_lock(...) as (lock, holder): holder is None when this job holds the configuration's lock,
+    else the info of the process that holds it (the job must skip the configuration)."""
+    lock = ConfigLock(lock_dir(uri, output), chash)
+    holder = lock.acquire()
+    try:
+        yield lock, holder
+    finally:
+        lock.release()
+
+
 def sweep_parent_id(cfg: DictConfig, ctx: dict) -> str:
     """The sweep's parent run (created by its first job; seg.tracking.sweep_parent), with the sweep's
     command line and grid recorded by SweepSummary.on_multirun_start in sweep.json."""
@@ -150,6 +274,61 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
     return sorted(jobs, key=order)
 
 
+def settle_jobs(sweep_dir: Path, jobs: list[dict], interrupted: bool = False) -> int:
+    """After every job of a sweep has returned (or been stopped): a job still RUNNING in its job_status.json
+    lost its process (killed, e.g. by the out-of-memory killer, or crashed); it becomes FAILED (KILLED when
+    the sweep was interrupted), its file is rewritten, and its MLflow run - and any other run of the sweep
+    still RUNNING in MLflow - is ended the same way with the reason. Returns the number of runs ended."""
+    from seg.tracking import end_orphan, running_runs_of_sweep
+
+    status = "KILLED" if interrupted else "FAILED"
+    ended = 0
+    for job in jobs:
+        if job["status"] == "RUNNING":
+            job["status"] = status
+            job["reason"] = (f"the job's process (pid {job.get('pid', '?')} on host {job.get('host', '?')}) ended "
+                             + ("when the sweep was interrupted" if interrupted else
+                                "without recording an outcome: killed (e.g. by the out-of-memory killer) or crashed"))
+            write_job_status(sweep_dir / job["job"], {k: v for k, v in job.items() if k != "job"})
+            log.error("job %s %s: %s", job["job"], status, job["reason"])
+        if job["status"] in ("FAILED", "KILLED") and job.get("run_id") and job.get("tracking_uri"):
+            try:
+                ended += end_orphan(job["tracking_uri"], job["run_id"], job["status"], job.get("reason") or status)
+            except Exception as exc:
+                log.warning("could not end run %s: %s: %s", job["run_id"], type(exc).__name__, exc)
+    sweep_id = sweep_dir.name
+    for id_file in sorted(sweep_dir.glob(".mlflow_parent_*")):
+        if id_file.name == ".mlflow_parent.lock":
+            continue
+        parent_id = id_file.read_text().strip()
+        uri = next((j["tracking_uri"] for j in jobs if j.get("parent_run_id") == parent_id and j.get("tracking_uri")),
+                   None)
+        if uri is None:
+            continue
+        try:
+            from mlflow import MlflowClient
+
+            experiment_id = MlflowClient(tracking_uri=uri).get_run(parent_id).info.experiment_id
+            for run in running_runs_of_sweep(uri, [experiment_id], sweep_id):
+                reason = ("its job's process ended " + ("when the sweep was interrupted" if interrupted else
+                          "without recording an outcome (killed or crashed)"))
+                ended += end_orphan(uri, run.info.run_id, status, reason)
+        except Exception as exc:
+            log.warning("could not check the sweep's runs in MLflow: %s: %s", type(exc).__name__, exc)
+    return ended
+
+
+def close_interrupted(sweep_dir: Path) -> None:
+    """The sweep was stopped by SIGTERM / SIGINT (seg.launcher): every unfinished job and run KILLED, and the
+    parent run(s) KILLED."""
+    from seg.tracking import finish_sweep_parents
+
+    jobs = read_jobs(sweep_dir)
+    settle_jobs(sweep_dir, jobs, interrupted=True)
+    if jobs:
+        finish_sweep_parents(sweep_dir, jobs, status="KILLED")
+
+
 class SweepSummary(Callback):
     """Works with every launcher: each job writes its outcome to `<sweep_dir>/<job>/job_status.json`
     and this callback, in the process that launched the sweep, reads them at the end. Statuses:
@@ -172,6 +351,10 @@ class SweepSummary(Callback):
         jobs = read_jobs(sweep_dir)
         if not jobs:
             return
+        try:
+            settle_jobs(sweep_dir, jobs)
+        except Exception as exc:
+            log.warning("could not settle the sweep's unfinished jobs: %s: %s", type(exc).__name__, exc)
         try:
             finish_sweep_parents(sweep_dir, jobs)
         except Exception as exc:  # the summary and the exit status matter more than the parent's bookkeeping

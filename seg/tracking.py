@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -30,6 +32,10 @@ BATCH = {"params": 100, "metrics": 1000, "tags": 100}
 
 
 PARENT_TAG = "segsweep.parent"     # "true" on the parent run of a sweep (not a configuration)
+# the process training a run: seg.sweep.live_owner tells a live owner from a dead one by these
+HEARTBEAT_TAG = "segsweep.heartbeat"   # unix seconds, refreshed every heartbeat_s while the run trains
+HOST_TAG = "segsweep.host"
+PID_TAG = "segsweep.pid"
 
 
 def default_uri() -> str:
@@ -144,14 +150,16 @@ class Tracker:
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, Any],
-                 run_id: str | None = None):
-        """A new run, or with run_id an existing one (FAILED / KILLED) reopened as RUNNING to be resumed:
-        its tags are updated and its failure reason dropped; its metric history continues."""
+                 run_id: str | None = None, heartbeat_s: float | None = None):
+        """A new run, or with run_id an existing one (FAILED / KILLED / RUNNING with a dead owner) reopened as
+        RUNNING to be resumed: its tags are updated and its failure reason dropped; its metric history continues.
+        heartbeat_s: refresh the run's heartbeat tag this often from a daemon thread until the run ends."""
         _ensure_store(uri)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
         tags = {k: str(v) for k, v in tags.items()}
+        tags.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), HEARTBEAT_TAG: f"{time.time():.1f}"})
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
@@ -162,6 +170,27 @@ class Tracker:
                 self.client.delete_tag(run_id, "failure_reason")
             self.set_tags(tags)
         self.status = "RUNNING"
+        self._stop = threading.Event()
+        self._beat = None
+        if heartbeat_s:
+            self._beat = threading.Thread(target=self._heartbeat, args=(float(heartbeat_s),), daemon=True,
+                                          name=f"heartbeat-{self.run_id}")
+            self._beat.start()
+
+    def _heartbeat(self, every_s: float) -> None:
+        warned = False
+        while not self._stop.wait(every_s):
+            try:
+                self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.1f}")
+            except Exception as exc:  # a store hiccup must not kill the run; a stale beat only invites a resume
+                if not warned:
+                    log.warning("heartbeat of run %s failed: %s: %s", self.run_id, type(exc).__name__, exc)
+                    warned = True
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._beat is not None and self._beat is not threading.current_thread():
+            self._beat.join(timeout=10)
 
     def __enter__(self) -> "Tracker":
         return self
@@ -183,6 +212,7 @@ class Tracker:
         return False
 
     def end(self, status: str) -> None:
+        self.stop_heartbeat()
         self.client.set_terminated(self.run_id, status=status)
         self.status = status
 
@@ -267,10 +297,10 @@ def sweep_parent(uri: str, experiment: str, sweep_id: str, sweep_dir: Path, info
         return run_id
 
 
-def finish_sweep_parents(sweep_dir: Path, jobs: list[dict]) -> list[str]:
+def finish_sweep_parents(sweep_dir: Path, jobs: list[dict], status: str | None = None) -> list[str]:
     """Give every parent run of a sweep (one per experiment its jobs logged to) the table of its children
     (artifact children.csv, counts as metrics) and a final status: FINISHED when every job finished or was
-    skipped as already finished, FAILED when any failed, KILLED when any was interrupted."""
+    skipped as already finished, FAILED when any failed, KILLED when any was interrupted (or `status`)."""
     import csv
     import io
 
@@ -295,10 +325,32 @@ def finish_sweep_parents(sweep_dir: Path, jobs: list[dict]) -> list[str]:
         now = int(time.time() * 1000)
         client.log_batch(parent_id, metrics=[Metric(f"jobs/{k.lower()}", v, now, 0) for k, v in counts.items()]
                          + [Metric("jobs/total", len(mine), now, 0)])
-        status = "KILLED" if counts["KILLED"] else "FAILED" if counts["FAILED"] else "FINISHED"
-        client.set_terminated(parent_id, status=status)
+        final = status or ("KILLED" if counts["KILLED"] else "FAILED" if counts["FAILED"] else "FINISHED")
+        client.set_terminated(parent_id, status=final)
         done.append(parent_id)
     return done
+
+
+def end_orphan(uri: str, run_id: str, status: str, reason: str) -> bool:
+    """End a run left RUNNING by a process that died (status FAILED or KILLED, tag failure_reason) -> True;
+    False when the run is not RUNNING (it ended itself) or cannot be read."""
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+    except mlflow.exceptions.MlflowException:
+        return False
+    client.set_tag(run_id, "failure_reason", reason[:5000])
+    client.set_terminated(run_id, status=status)
+    return True
+
+
+def running_runs_of_sweep(uri: str, experiment_ids: list[str], sweep_id: str) -> list:
+    """Configuration runs (not parents) of a sweep still RUNNING."""
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs(experiment_ids, filter_string=f"tags.sweep_id = '{sweep_id}' and "
+                              "attributes.status = 'RUNNING'", max_results=10000)
+    return [r for r in runs if r.data.tags.get(PARENT_TAG) != "true"]
 
 
 def kill_sweep_parent(uri: str, parent_run_id: str) -> None:

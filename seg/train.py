@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import time
@@ -36,7 +37,8 @@ from seg.engine.loop import Fit, Hook, LoopState, NonFiniteWeightsError, check_s
 from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
 from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
-from seg.sweep import config_hash, hydra_context, plan_resume, previous_runs, sweep_parent_id, write_job_status
+from seg.sweep import (HOST, config_hash, config_lock, holder_text, hydra_context, live_owner, plan_resume,
+                       previous_runs, sweep_parent_id, write_job_status)
 from seg.tracking import Tracker, kill_sweep_parent
 from seg.viz import write_overlay
 
@@ -64,8 +66,10 @@ def run(cfg: DictConfig, hooks: Sequence[Hook] = ()) -> float:
     """
     ctx = hydra_context(cfg)
     job = {"status": "RUNNING", "run_name": str(cfg.tracking.run_name), "overrides": ctx["overrides"],
-           "tracking_uri": str(cfg.tracking.uri)}
+           "tracking_uri": str(cfg.tracking.uri), "pid": os.getpid(), "host": HOST}
     ctx["job"] = job
+    if ctx["multirun"]:   # RUNNING until the job records its outcome: a job whose process dies stays RUNNING,
+        write_job_status(ctx["output_dir"], job)   # and the sweep summary (seg.sweep) ends its run
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave signals alone
@@ -119,7 +123,27 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
     job["config_hash"] = chash
     if ctx["multirun"]:  # every job of a sweep, skipped ones too, is listed by the sweep's parent run
         job["parent_run_id"] = sweep_parent_id(cfg, ctx)
+    # one writer per configuration: across processes the lock file, across machines the run's heartbeat
+    with config_lock(cfg.tracking.uri, cfg.paths.output, chash) as (lock, holder):
+        if holder is not None:
+            return _skip_busy(cfg, job, chash, holder)
+        return _run_locked(cfg, ctx, hooks, chash, resolved, device, dtype, lock)
 
+
+def _skip_busy(cfg: DictConfig, job: dict, chash: str, owner: dict) -> float:
+    """The configuration is being trained by another live job: SKIPPED, naming it (resume=true or not)."""
+    reason = f"being trained by {holder_text(owner)}"
+    log.info("skipped %s: %s (config_hash %s)", cfg.tracking.run_name, reason, chash)
+    job.update(outcome="SKIPPED", reason=reason)
+    if owner.get("run_id"):
+        job["run_id"] = owner["run_id"]
+    return math.nan
+
+
+def _run_locked(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook], chash: str, resolved: dict, device, dtype,
+                lock) -> float:
+    out_dir: Path = ctx["output_dir"]
+    job = ctx["job"]
     done, unfinished = previous_runs(cfg.tracking.uri, cfg.tracking.experiment, chash) if cfg.resume else (None, None)
     if done is not None:
         value = done.data.metrics.get(f"best/{cfg.trainer.monitor}", math.nan)
@@ -128,6 +152,13 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
         job.update(outcome="SKIPPED", run_id=done.info.run_id,
                    reason=f"already FINISHED as run {done.info.run_id} (sweep {done.data.tags.get('sweep_id', '?')})")
         return float(value)
+    if unfinished is not None and unfinished.info.status == "RUNNING":
+        owner = live_owner(unfinished, float(cfg.tracking.get("stale_after_s", 300)))
+        if owner is not None:       # another machine (or checkout) trains it now: its heartbeat is fresh
+            return _skip_busy(cfg, job, chash, owner)
+        log.warning("MLflow run %s of %s is RUNNING but its owner is gone (no heartbeat for %s s or its process "
+                    "ended): resuming it", unfinished.info.run_id, cfg.tracking.run_name,
+                    cfg.tracking.get("stale_after_s", 300))
 
     data = _open_data(cfg)      # bad data fails here: before an MLflow run is created or reopened
     tags = {"model": cfg.model.name, "loss": cfg.loss.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
@@ -137,8 +168,11 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
         tags["mlflow.parentRunId"] = job["parent_run_id"]
     resume = plan_resume(cfg, unfinished, tags)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name, tags,
-                      run_id=resume["run_id"])
+                      run_id=resume["run_id"], heartbeat_s=cfg.tracking.get("heartbeat_s", 30))
     job["run_id"] = tracker.run_id
+    lock.note(run_id=tracker.run_id)
+    if ctx["multirun"]:
+        write_job_status(out_dir, job)
     log.info("MLflow run %s (%s) in experiment %s; output %s", tracker.run_id, cfg.tracking.run_name,
              cfg.tracking.experiment, out_dir)
     with tracker:
@@ -177,7 +211,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers,
                         generator=generator, drop_last=len(data.train) > t.batch_size,
                         pin_memory=device.type == "cuda", worker_init_fn=seed_worker)
-    saver = Checkpointer(out_dir / "checkpoints", resolved, generator, data.train)
+    saver = Checkpointer(out_dir / "checkpoints", resolved, generator, data.train, supersedes=resume["folder"])
     logger = MLflowLogger(tracker)
     state = LoopState()
     ckpt = resume["ckpt"]

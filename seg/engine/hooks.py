@@ -17,10 +17,16 @@ log = logging.getLogger(__name__)
 
 class Checkpointer(Hook):
     """Writes best.pt when the monitored value improved and last.pt after every epoch, atomically
-    (the previous last.pt kept as last.prev.pt). Schema: seg.engine.checkpoint."""
+    (the previous last.pt kept as last.prev.pt). Schema: seg.engine.checkpoint.
 
-    def __init__(self, folder: Path, config: dict, loader_generator: torch.Generator | None, dataset=None):
+    supersedes: the checkpoint folder of the unfinished run this one resumes (another output dir): once this
+    run has written its own last.pt, the old last.pt / last.prev.pt there are removed (nothing resumes from
+    them any more; best.pt and set-aside *.damaged files stay)."""
+
+    def __init__(self, folder: Path, config: dict, loader_generator: torch.Generator | None, dataset=None,
+                 supersedes: Path | None = None):
         self.folder = Path(folder)
+        self.supersedes = Path(supersedes) if supersedes is not None else None
         self.config = config
         self.generator = loader_generator
         self.dataset = dataset
@@ -43,6 +49,13 @@ class Checkpointer(Hook):
                                                        ctx.scaler, st.loop_dict(), st.history, self.generator,
                                                        self.dataset),
                                self.last, keep_previous=self.folder / checkpoint.PREV)
+        old = self.supersedes
+        if old is not None and old.resolve() != self.folder.resolve():
+            for name in (checkpoint.LAST, checkpoint.PREV):
+                if (old / name).exists():
+                    (old / name).unlink(missing_ok=True)
+                    log.info("removed %s: superseded by %s", old / name, self.last)
+        self.supersedes = None
 
     def clean(self) -> None:
         """Remove last.pt / last.prev.pt (only needed to resume an unfinished run)."""

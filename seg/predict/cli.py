@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -102,6 +103,24 @@ def predict_inputs(model: Model, inputs: Sequence[str | Path], out: str | Path, 
     return summary
 
 
+def check_out(out: Path) -> str | None:
+    """Why `--out` cannot be the output folder (one line), or None: it is created if missing and must be a
+    writable folder; checked before the model is loaded."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is an existing file, not a folder; give a folder (it is created if missing)"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"--out {out}: cannot create the folder ({err.strerror or type(err).__name__}); give a writable folder"
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        return f"--out {out} is not writable ({err.strerror or type(err).__name__}); give a writable folder"
+    return None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m seg.predict",
@@ -136,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     set_threads(args.threads)
+    problem = check_out(args.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         device = select_device(args.device)
         model = resolve_model(args.model, device, args.tracking_uri)
