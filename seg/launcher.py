@@ -189,7 +189,7 @@ class SafeJoblibLauncher(JoblibLauncher):
                 os.kill(pid, signal.SIGKILL)
                 proc.join(timeout=10)
         try:
-            close_interrupted(sweep_dir)
+            close_interrupted(sweep_dir, name)
         except Exception as exc:
             log.warning("could not mark the sweep's runs KILLED: %s: %s", type(exc).__name__, exc)
         log.error("sweep interrupted by %s: running jobs and the sweep's parent run are KILLED (sweep dir %s)",

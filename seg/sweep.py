@@ -274,20 +274,23 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
     return sorted(jobs, key=order)
 
 
-def settle_jobs(sweep_dir: Path, jobs: list[dict], interrupted: bool = False) -> int:
+def settle_jobs(sweep_dir: Path, jobs: list[dict], interrupted: bool | str = False) -> int:
     """After every job of a sweep has returned (or been stopped): a job still RUNNING in its job_status.json
     lost its process (killed, e.g. by the out-of-memory killer, or crashed); it becomes FAILED (KILLED when
-    the sweep was interrupted), its file is rewritten, and its MLflow run - and any other run of the sweep
-    still RUNNING in MLflow - is ended the same way with the reason. Returns the number of runs ended."""
+    the sweep was interrupted; `interrupted` may name the signal), its file is rewritten, and its MLflow run -
+    and any other run of the sweep still RUNNING in MLflow - is ended the same way with the reason.
+    Returns the number of runs ended."""
     from seg.tracking import end_orphan, running_runs_of_sweep
 
     status = "KILLED" if interrupted else "FAILED"
+    stopped = f"when the sweep was interrupted ({interrupted})" if isinstance(interrupted, str) \
+        else "when the sweep was interrupted"
     ended = 0
     for job in jobs:
         if job["status"] == "RUNNING":
             job["status"] = status
             job["reason"] = (f"the job's process (pid {job.get('pid', '?')} on host {job.get('host', '?')}) ended "
-                             + ("when the sweep was interrupted" if interrupted else
+                             + (stopped if interrupted else
                                 "without recording an outcome: killed (e.g. by the out-of-memory killer) or crashed"))
             write_job_status(sweep_dir / job["job"], {k: v for k, v in job.items() if k != "job"})
             log.error("job %s %s: %s", job["job"], status, job["reason"])
@@ -310,7 +313,7 @@ def settle_jobs(sweep_dir: Path, jobs: list[dict], interrupted: bool = False) ->
 
             experiment_id = MlflowClient(tracking_uri=uri).get_run(parent_id).info.experiment_id
             for run in running_runs_of_sweep(uri, [experiment_id], sweep_id):
-                reason = ("its job's process ended " + ("when the sweep was interrupted" if interrupted else
+                reason = ("its job's process ended " + (stopped if interrupted else
                           "without recording an outcome (killed or crashed)"))
                 ended += end_orphan(uri, run.info.run_id, status, reason)
         except Exception as exc:
@@ -318,13 +321,13 @@ def settle_jobs(sweep_dir: Path, jobs: list[dict], interrupted: bool = False) ->
     return ended
 
 
-def close_interrupted(sweep_dir: Path) -> None:
+def close_interrupted(sweep_dir: Path, signame: str = "interrupted") -> None:
     """The sweep was stopped by SIGTERM / SIGINT (seg.launcher): every unfinished job and run KILLED, and the
     parent run(s) KILLED."""
     from seg.tracking import finish_sweep_parents
 
     jobs = read_jobs(sweep_dir)
-    settle_jobs(sweep_dir, jobs, interrupted=True)
+    settle_jobs(sweep_dir, jobs, interrupted=signame)
     if jobs:
         finish_sweep_parents(sweep_dir, jobs, status="KILLED")
 

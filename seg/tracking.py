@@ -199,7 +199,10 @@ class Tracker:
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.set_tags({"failure_reason": f"interrupted: {str(exc) or exc_type.__name__}"})
+            try:    # a busy store (sqlite "database is locked" while sibling jobs stop too) must not hide the KILLED
+                self.set_tags({"failure_reason": f"interrupted: {str(exc) or exc_type.__name__}"})
+            except Exception as err:
+                log.warning("could not record the interrupt of run %s: %s: %s", self.run_id, type(err).__name__, err)
             self.end("KILLED")
         else:
             reason = f"{exc_type.__name__}: {exc}"

@@ -25,6 +25,7 @@ import os
 import pickle
 import random
 import re
+import signal
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -67,6 +68,19 @@ def _write_atomic(path: Path, write, keep_previous: Path | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # SIGTERM / SIGINT are held until the file is in place: a handler raising inside torch.save would turn
+    # the interrupt into a torch RuntimeError (a FAILED run instead of a KILLED one)
+    held = {signal.SIGTERM, signal.SIGINT}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        _write_and_rename(path, tmp, write, keep_previous)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _write_and_rename(path: Path, tmp: Path, write, keep_previous: Path | None) -> None:
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -78,8 +92,6 @@ def _write_atomic(path: Path, write, keep_previous: Path | None = None) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def save_atomic(obj: Any, path: str | Path, keep_previous: Path | None = None) -> Path:
