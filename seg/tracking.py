@@ -321,3 +321,192 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst_dir: str | 
     except (mlflow.exceptions.MlflowException, OSError) as err:
         raise FileNotFoundError(f"MLflow run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact "
                                 f"{artifact_path!r} at {run.info.artifact_uri}: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the store as a dashboard (issue 15): provenance, a tidy namespace, descriptions, the sweep's result
+
+NOTE_TAG = "mlflow.note.content"      # the run / experiment description the MLflow UI shows
+VERSIONED = ("torch", "mlflow", "hydra-core", "albumentations", "numpy")
+# headline params: short names, the settings that describe an experiment (flattened config key each)
+HEADLINE_PARAMS = {"model": "model.name", "loss": "loss.name", "dataset": "dataset.name",
+                   "optimizer": "optimizer.name", "lr": "optimizer.lr", "epochs": "trainer.epochs",
+                   "image_size": "dataset.image_size", "seed": "seed"}
+MACHINE_KEYS = ("paths.", "tracking.uri", "hydra.")
+
+
+def _git(*args: str) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def provenance_tags(device: Any = None, threads: int | None = None) -> dict[str, str]:
+    """Tags that say which code, on which machine, produced a run:
+    `mlflow.source.git.commit` (+ `git_dirty` "true"/"false", both absent outside a git checkout),
+    `mlflow.source.name` (the script), `mlflow.source.type` LOCAL, `command` (the command line),
+    `mlflow.user`, `host`, `device`, `threads`, `version.<package>` for torch, mlflow, hydra-core,
+    albumentations, numpy."""
+    import getpass
+    import importlib.metadata
+    import socket
+    import sys
+
+    tags = {"mlflow.source.name": Path(sys.argv[0]).name or "python", "mlflow.source.type": "LOCAL",
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:5000], "host": socket.gethostname()}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        tags["git_dirty"] = "unknown" if status is None else str(bool(status)).lower()
+        branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+        if branch:
+            tags["mlflow.source.git.branch"] = branch
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    for package in VERSIONED:
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            tags[f"version.{package}"] = "absent"
+    if device is not None:
+        tags["device"] = str(device)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    tags["threads"] = str(threads)
+    return tags
+
+
+def tidy_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flattened resolved config -> the params logged: without `_target_` class paths and machine paths
+    (paths.*, tracking.uri, hydra.*), plus the headline params (HEADLINE_PARAMS: model, loss, dataset,
+    optimizer, lr, epochs, image_size, seed) under short names, which the UI lists first to pick."""
+    out = {k: v for k, v in flat.items()
+           if not k.endswith("_target_") and not k.startswith(MACHINE_KEYS)}
+    for short, key in HEADLINE_PARAMS.items():
+        if key in flat and short not in out:
+            out[short] = flat[key]
+    return out
+
+
+def summary_metric_key(key: str) -> str:
+    """A summary key of seg.metrics.summarize -> its MLflow metric name: means under `test/`
+    (test/dice, test/dice_lv, test/hd95_pooled), case counts under `test_n/` (dice_n -> test_n/dice,
+    n_cases -> test_n/cases), spreads under `test_std/` (dice_lv_std -> test_std/dice_lv)."""
+    if key == "n_cases":
+        return "test_n/cases"
+    if key.endswith("_n"):
+        return f"test_n/{key[:-2]}"
+    if key.endswith("_std"):
+        return f"test_std/{key[:-4]}"
+    return f"test/{key}"
+
+
+def describe_experiment(uri: str, experiment: str, text: str) -> None:
+    """Set the experiment's description (`mlflow.note.content`) where it has none (a person's own text stays)."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None and not exp.tags.get(NOTE_TAG):
+        client.set_experiment_tag(exp.experiment_id, NOTE_TAG, text)
+
+
+def sweep_title(study: str, started: str) -> str:
+    """The parent run's name: the study (the `experiment=` config, else the MLflow experiment) and the
+    minute the sweep started, e.g. `covid_arch_x_loss 2026-11-26 11:15`."""
+    return f"{study} {started[:16]}".strip()
+
+
+def describe_sweep_parent(uri: str, run_id: str, name: str, note: str) -> None:
+    """Name a sweep's parent run and set its description (idempotent: every job of the sweep may call it)."""
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    if run.info.run_name != name:
+        client.update_run(run_id, name=name)
+    if run.data.tags.get(NOTE_TAG) != note:
+        client.set_tag(run_id, NOTE_TAG, note)
+
+
+def ui_url(uri: str, experiment_id: str, filter_string: str, port: int = 5000) -> str:
+    """The MLflow UI address that opens an experiment's runs filtered by `filter_string`: the server itself
+    for an http(s) store, else `mlflow ui` on 127.0.0.1:<port> (the command to start it is printed with it)."""
+    from urllib.parse import quote
+
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    return f"{base}/#/experiments/{experiment_id}/runs?searchFilter={quote(filter_string)}"
+
+
+def log_sweep_comparison(uri: str, parent_id: str, experiment: str, sweep_id: str) -> dict:
+    """Log a sweep's comparison on its parent run: the report's summary frame as an MLflow table
+    (`comparison/summary.json`), its heatmap figure (`comparison/heatmaps.png`) and the whole HTML report
+    (`report/index.html` with `report/figures/`), built by seg.report for this sweep only (smoke runs
+    included: the parent shows what the sweep ran) -> {"table", "figure", "html"} (artifact paths logged)."""
+    import tempfile
+
+    import pandas as pd
+
+    from seg.report import build_report
+
+    client = MlflowClient(tracking_uri=uri)
+    logged = {}
+    with tempfile.TemporaryDirectory(prefix="seg-sweep-report-") as tmp:
+        out = Path(tmp) / "report"
+        result = build_report(uri, out, experiments=[experiment], sweep_id=sweep_id, include_smoke=True)
+        summary = result["files"].get("summary")
+        if summary is not None:
+            frame = pd.read_csv(summary)
+            client.log_table(parent_id, data=frame, artifact_file="comparison/summary.json")
+            logged["table"] = "comparison/summary.json"
+        heatmaps = sorted((out / "figures").glob("*_heatmaps.png"))
+        if heatmaps:
+            from PIL import Image
+
+            # an MLflow image (UI "Images" panel + artifact) of the report's heatmap figure
+            client.log_image(parent_id, Image.open(heatmaps[0]).convert("RGB"), "comparison/heatmaps.png")
+            logged["figure"] = "comparison/heatmaps.png"
+        client.log_artifacts(parent_id, str(out), "report")
+        logged["html"] = "report/index.html"
+    return logged
+
+
+def conclude_sweep(sweep_dir: Path, jobs: list[dict]) -> list[str]:
+    """After finish_sweep_parents: log each parent's comparison (log_sweep_comparison; a failure is logged
+    as a warning and a `comparison_error` tag, never raised) -> lines to print: per parent, the UI URL that
+    opens the sweep's runs (the children of the parent, plus the runs it skipped as already FINISHED)."""
+    lines = []
+    for id_file in sorted(sweep_dir.glob(".mlflow_parent_*")):
+        if id_file.name == ".mlflow_parent.lock":
+            continue
+        parent_id = id_file.read_text().strip()
+        mine = [j for j in jobs if j.get("parent_run_id") == parent_id]
+        uri = next((j["tracking_uri"] for j in mine if j.get("tracking_uri")), None)
+        if uri is None:
+            continue
+        client = MlflowClient(tracking_uri=uri)
+        parent = client.get_run(parent_id)
+        experiment = client.get_experiment(parent.info.experiment_id)
+        sweep_id = parent.data.tags.get("sweep_id", sweep_dir.name)
+        try:
+            logged = log_sweep_comparison(uri, parent_id, experiment.name, sweep_id)
+            what = ", ".join(f"{k} {v}" for k, v in logged.items())
+            lines.append(f"  parent run {parent.info.run_name!r} ({parent_id}) holds the comparison: {what}")
+        except Exception as exc:  # the comparison is a convenience: it never fails the sweep
+            log.warning("could not log the sweep's comparison on its parent run %s: %s: %s", parent_id,
+                        type(exc).__name__, exc)
+            client.set_tag(parent_id, "comparison_error", f"{type(exc).__name__}: {exc}"[:5000])
+        skipped = [j["run_id"] for j in mine if j.get("status") == "SKIPPED" and j.get("run_id")]
+        if skipped:
+            ids = ", ".join(f"'{r}'" for r in [parent_id, *[j["run_id"] for j in mine if j.get("run_id")]])
+            filt = f"attributes.run_id IN ({ids})"
+        else:
+            filt = f"tags.mlflow.parentRunId = '{parent_id}'"
+        start = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then "
+        lines.append(f"  the sweep's runs in the MLflow UI: {start}open {ui_url(uri, experiment.experiment_id, filt)}")
+    return lines

@@ -37,7 +37,8 @@ from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
 from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
 from seg.sweep import config_hash, hydra_context, plan_resume, previous_runs, sweep_parent_id, write_job_status
-from seg.tracking import Tracker, kill_sweep_parent
+from seg.tracking import (NOTE_TAG, Tracker, describe_experiment, kill_sweep_parent, provenance_tags, summary_metric_key,
+                          tidy_params)
 from seg.viz import write_overlay
 
 log = logging.getLogger(__name__)
@@ -135,14 +136,17 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
             "overrides": ctx["overrides"], "output_dir": str(out_dir)}
     if "parent_run_id" in job:
         tags["mlflow.parentRunId"] = job["parent_run_id"]
+    tags.update(provenance_tags(device, cfg.threads))
+    tags[NOTE_TAG] = _run_note(cfg, ctx)
     resume = plan_resume(cfg, unfinished, tags)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name, tags,
                       run_id=resume["run_id"])
     job["run_id"] = tracker.run_id
     log.info("MLflow run %s (%s) in experiment %s; output %s", tracker.run_id, cfg.tracking.run_name,
              cfg.tracking.experiment, out_dir)
+    describe_experiment(cfg.tracking.uri, cfg.tracking.experiment, _experiment_note(cfg))
     with tracker:
-        params = flatten(resolved)
+        params = tidy_params(flatten(resolved))
         if resume["run_id"] is not None:  # params are immutable in MLflow: log only those the run lacks
             params = {k: v for k, v in params.items() if k not in unfinished.data.params}
         tracker.log_params(params)
@@ -214,7 +218,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     model.load_state_dict(best["state_dict"])
     rows, kept = test_pass(model, data, device, dtype, num_classes, keep=int(cfg.tracking.overlays), hooks=hooks)
     test = summarize(rows, data.class_names)
-    final = {f"test/{k}": v for k, v in test.items() if not (isinstance(v, float) and math.isnan(v))}
+    final = {summary_metric_key(k): v for k, v in test.items() if not (isinstance(v, float) and math.isnan(v))}
     final.update({"best/epoch": state.best_epoch + 1, f"best/{t.monitor}": state.best,
                   "time/train_s": state.train_time, "time/img_per_s": state.images / max(state.train_time, 1e-9)})
     tracker.log_metrics(final)
@@ -234,6 +238,42 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
         for name in (checkpoint.LAST, checkpoint.PREV):
             (resume["folder"] / name).unlink(missing_ok=True)
     return float(state.best)
+
+
+def _run_note(cfg: DictConfig, ctx: dict) -> str:
+    """The run's description (markdown, shown by the MLflow UI): what it trains, on what, from which sweep."""
+    where = "the embedded phantom" if cfg.dataset.get("root") in (None, "") else f"`{cfg.dataset.root}`"
+    lines = [f"**{cfg.model.name} + {cfg.loss.name}** on {cfg.dataset.name} ({where}), seed {cfg.seed}, "
+             f"profile {cfg.profile.name}: {cfg.trainer.epochs} epoch(s) at {cfg.dataset.image_size} px, "
+             f"optimizer {cfg.optimizer.get('name', '?')} lr {cfg.optimizer.get('lr', '?')}.",
+             f"Selection metric: best `{cfg.trainer.monitor}`; test metrics under `test/` (counts `test_n/`, "
+             "spreads `test_std/`)."]
+    if ctx["multirun"]:
+        lines.append(f"Sweep {ctx['sweep_id']} (parent run); overrides: `{ctx['overrides'] or '-'}`.")
+    return "\n\n".join(lines)
+
+
+def _experiment_note(cfg: DictConfig) -> str:
+    """The experiment's description: the task, the dataset and where its published numbers come from
+    (seg.data.datasets.references)."""
+    from seg.data.datasets import references
+
+    phantom = cfg.dataset.get("root") in (None, "")
+    lines = [f"Task: segmentation of {cfg.dataset.name} ({int(cfg.dataset.num_classes) - 1 or 1} foreground "
+             f"structure(s)), model x loss comparisons; one run per configuration and seed.",
+             "Data: " + ("the embedded phantom (synthetic images; its numbers say nothing about real data)."
+                         if phantom else f"{cfg.dataset.root}.")]
+    published = references(str(cfg.dataset.name))
+    if published.references:
+        lines.append("Published numbers (on " + (published.real_data or "the real data set") + "): "
+                     + "; ".join(f"{r.method} ({r.source})" for r in published.references) + ".")
+        if published.not_included:
+            lines.append(f"Not included: {published.not_included}.")
+    else:
+        lines.append("Published numbers: none recorded for this dataset.")
+    lines.append("Compare with `python -m seg.report`; the parent run of each sweep holds its summary table, "
+                 "heatmap and HTML report.")
+    return "\n\n".join(lines)
 
 
 def test_pass(model, data, device, dtype, num_classes: int, keep: int = 0, hooks: Sequence[Hook] = ()):
