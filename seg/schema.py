@@ -82,6 +82,8 @@ RULES: tuple[Rule, ...] = (
     Rule("scheduler.factor", "float", 0, 1, low_open=True, required=False),
     Rule("debug.sigterm_after_epoch", "int", 1, nullable=True, required=False),
     Rule("tracking.overlays", "int", 0, required=False),
+    Rule("tracking.log_model", "bool", required=False),
+    Rule("tracking.system_metrics", "bool", required=False),
 )
 
 _MISSING = object()

@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: the only module that imports mlflow (and seg/pyfunc_model.py, the logged model's code).
 
 Conventions (docs/design.md, "Training"): tracking URI `sqlite:///<project>/mlruns/mlflow.db` unless
 MLFLOW_TRACKING_URI says otherwise; one experiment per task; run name `{model}-{loss}-s{seed}`;
@@ -510,3 +510,34 @@ def conclude_sweep(sweep_dir: Path, jobs: list[dict]) -> list[str]:
         start = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then "
         lines.append(f"  the sweep's runs in the MLflow UI: {start}open {ui_url(uri, experiment.experiment_id, filt)}")
     return lines
+
+
+def _requirements() -> list[str]:
+    """The pinned runtime requirements (requirements.txt), passed to MLflow so it infers none (slow)."""
+    lines = (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
+    return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+
+
+def log_pyfunc_model(uri: str, run_id: str, checkpoint_path: Path, example: "Any") -> str:
+    """Log a run's best checkpoint as the MLflow model `model` of the run (pyfunc, seg/pyfunc_model.py
+    from code with the `seg` package: no pickled object; signature and input example: raw slices float32
+    (D, H, W) -> labels uint8 (D, H, W)) -> its model URI `runs:/<run_id>/model`."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example = np.asarray(example, dtype=np.float32)
+    # any number of slices of any size: the model resizes to its own image size and back
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]))
+    mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import warnings
+
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():  # fluent: links the model to the run
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        mlflow.pyfunc.log_model(name="model", python_model=str(PROJECT_ROOT / "seg" / "pyfunc_model.py"),
+                                artifacts={"checkpoint": str(checkpoint_path)},
+                                code_paths=[str(PROJECT_ROOT / "seg")], signature=signature,
+                                input_example=example, pip_requirements=_requirements())
+    return f"runs:/{run_id}/model"

@@ -37,7 +37,7 @@ from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
 from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
 from seg.sweep import config_hash, hydra_context, plan_resume, previous_runs, sweep_parent_id, write_job_status
-from seg.tracking import (NOTE_TAG, Tracker, describe_experiment, kill_sweep_parent, provenance_tags, summary_metric_key,
+from seg.tracking import (NOTE_TAG, Tracker, describe_experiment, kill_sweep_parent, log_pyfunc_model, provenance_tags, summary_metric_key,
                           tidy_params)
 from seg.viz import write_overlay
 
@@ -233,6 +233,10 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
         tracker.log_artifact(png, "overlays")
     log.info("test: dice %.4f  iou %.4f  hd95 %.2f  (best epoch %d); run %s", test["dice"], test["iou"],
              test["hd95"], state.best_epoch + 1, tracker.run_id)
+    if cfg.tracking.get("log_model", True):
+        size = int(cfg.dataset.image_size)   # input example: one raw slice (1, S, S), a ramp of pixel values
+        example = np.linspace(0, 255, size * size, dtype=np.float32).reshape(1, size, size)
+        log_pyfunc_model(cfg.tracking.uri, tracker.run_id, saver.best, example)
     saver.clean()                      # last.pt / last.prev.pt are only needed to resume an unfinished run
     if resume["folder"] is not None and resume["folder"].resolve() != saver.folder.resolve():
         for name in (checkpoint.LAST, checkpoint.PREV):
