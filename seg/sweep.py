@@ -143,7 +143,8 @@ def name_parent(cfg: DictConfig, run_id: str, info: dict, sweep_id: str) -> None
     note = "\n\n".join([
         f"**Sweep {sweep_id}** of study `{study}` in experiment `{cfg.tracking.experiment}`, started {started}.",
         f"Command: `{info.get('command', '?')}`",
-        "Grid: " + ("; ".join(f"`{k}` = {v}" for k, v in grid.items()) or "none (one configuration)"),
+        "Grid: " + ("; ".join(f"`{k}` = {v}" for k, v in grid.items())
+                    or f"`{' '.join(info.get('overrides', [])) or '(defaults)'}`"),
         "Children: one run per configuration (expand this row, or filter `tags.mlflow.parentRunId`). When the "
         "sweep ends this run holds its comparison: `comparison/summary.json` (table), `comparison/heatmaps.png` "
         "and the HTML report `report/index.html`; `children.csv` lists every job and its status."])

@@ -541,3 +541,41 @@ def log_pyfunc_model(uri: str, run_id: str, checkpoint_path: Path, example: "Any
                                 code_paths=[str(PROJECT_ROOT / "seg")], signature=signature,
                                 input_example=example, pip_requirements=_requirements())
     return f"runs:/{run_id}/model"
+
+
+def log_dataset_input(uri: str, run_id: str, name: str, split_file: Path, source_root: str,
+                      counts: Mapping[str, int] | None = None) -> str:
+    """Record the run's data as an MLflow dataset input (the UI's "Datasets" column): `name` (the dataset
+    config), digest = the first 16 hex digits of sha256(split.json) (the same split <=> the same digest),
+    source = the data root (or the phantom's folder); context tag "training", plus the split sizes as
+    input tags -> the digest."""
+    import hashlib
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    digest = hashlib.sha256(Path(split_file).read_bytes()).hexdigest()[:16]
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(source_root)), name=name, digest=digest)
+    tags = [InputTag("mlflow.data.context", "training")]
+    tags += [InputTag(f"n_{k}", str(v)) for k, v in (counts or {}).items()]
+    MlflowClient(tracking_uri=uri).log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+    return digest
+
+
+@contextmanager
+def system_metrics(uri: str, run_id: str, enabled: bool, interval_s: float = 10.0):
+    """With `enabled` (tracking.system_metrics), MLflow's system metrics monitor samples CPU, memory,
+    disk and network (GPU where pynvml finds one) into the run as `system/*` every `interval_s` seconds
+    for the duration of the block (needs psutil)."""
+    if not enabled:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

@@ -37,7 +37,8 @@ from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
 from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
 from seg.sweep import config_hash, hydra_context, plan_resume, previous_runs, sweep_parent_id, write_job_status
-from seg.tracking import (NOTE_TAG, Tracker, describe_experiment, kill_sweep_parent, log_pyfunc_model, provenance_tags, summary_metric_key,
+from seg.tracking import (NOTE_TAG, Tracker, describe_experiment, kill_sweep_parent, log_dataset_input, log_pyfunc_model,
+                          provenance_tags, system_metrics, summary_metric_key,
                           tidy_params)
 from seg.viz import write_overlay
 
@@ -153,7 +154,8 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
         config_path = out_dir / "config.yaml"
         config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(config_path)
-        return _fit_and_test(cfg, tracker, out_dir, device, dtype, resolved, resume, hooks, data)
+        with system_metrics(cfg.tracking.uri, tracker.run_id, bool(cfg.tracking.get("system_metrics", False))):
+            return _fit_and_test(cfg, tracker, out_dir, device, dtype, resolved, resume, hooks, data)
 
 
 def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved: dict, resume: dict,
@@ -165,6 +167,9 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     num_classes = int(cfg.dataset.num_classes)
     (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
     tracker.log_artifact(out_dir / "split.json")
+    source = cfg.dataset.get("root") or Path(cfg.paths.cache) / "phantom"   # the embedded phantom's cache
+    log_dataset_input(cfg.tracking.uri, tracker.run_id, str(cfg.dataset.name), out_dir / "split.json", str(source),
+                      {"train": len(data.train), "val": len(data.val), "test": len(data.test)})
     log.info("data: %d training samples, %d val cases, %d test cases, structures %s",
              len(data.train), len(data.val), len(data.test), data.class_names)
 
