@@ -162,10 +162,15 @@ def test_pyfunc_of_a_checkpoint_that_segments_something_matches_seg_predict(swee
 
     uri, run = sweep["uri"], sweep["children"][0]
     best = Path(MlflowClient(uri).download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path)))
+    from seg.predict.cli import preprocess
+    from seg.predict.model import model_from_checkpoint
+
     ckpt = checkpoint.load(best)
-    torch.manual_seed(0)
-    ckpt["state_dict"] = {k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v
-                          for k, v in ckpt["state_dict"].items()}
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, 36, 30)).astype(np.float32)
+    head = model_from_checkpoint(ckpt, str(best), torch.device("cpu"))
+    with torch.no_grad():       # the head's bias at the median logit: about half the pixels are foreground
+        logits = head.net(torch.from_numpy(preprocess(head, pixels)[1]))
+    ckpt["state_dict"]["head.bias"] = ckpt["state_dict"]["head.bias"] - logits.median()
     noisy = tmp_path / "checkpoints" / "best.pt"
     noisy.parent.mkdir(exist_ok=True)
     torch.save(ckpt, noisy)
@@ -173,7 +178,6 @@ def test_pyfunc_of_a_checkpoint_that_segments_something_matches_seg_predict(swee
     MlflowClient(uri).log_artifact(new.info.run_id, str(noisy), "checkpoints")
     example = np.linspace(0, 255, 32 * 32, dtype=np.float32).reshape(1, 32, 32)
     model_uri = log_pyfunc_model(uri, new.info.run_id, noisy, example)
-    pixels = np.random.default_rng(1).uniform(0, 255, (3, 36, 30)).astype(np.float32)
     got = mlflow.pyfunc.load_model(model_uri).predict(pixels)
     want = _seg_predict(new.info.run_id, uri, pixels)
     assert len(np.unique(want)) == 2            # both background and the structure
