@@ -128,6 +128,7 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """Experiment id by name; new experiments on a local sqlite store keep artifacts under mlruns/artifacts."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        check_artifact_location(uri, experiment)
         return experiment.experiment_id
     db = sqlite_path(uri)
     artifact_location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
@@ -579,3 +580,81 @@ def system_metrics(uri: str, run_id: str, enabled: bool, interval_s: float = 10.
         yield
     finally:
         monitor.finish()
+
+
+def _outside_store(uri: str, location: str) -> Path | None:
+    """The store folder an experiment's local artifact location points into when that is not the folder of
+    this sqlite store (`<old>/artifacts` of a moved or copied project); None when it is inside, or not local."""
+    db = sqlite_path(uri)
+    if db is None or not location.startswith("file:"):
+        return None
+    from urllib.parse import unquote, urlparse
+
+    where = Path(unquote(urlparse(location).path))
+    store = db.parent.resolve()
+    if where == store or store in where.parents:
+        return None
+    return where.parent if where.name == "artifacts" else where
+
+
+def check_artifact_location(uri: str, experiment) -> None:
+    """Fail, before anything is written, when a local sqlite store's experiment keeps its artifacts outside
+    the store's folder: the sqlite file keeps absolute locations, so a copied or moved project would
+    otherwise write every artifact into the old project's folder (or fail when it is gone)."""
+    old = _outside_store(uri, experiment.artifact_location or "")
+    if old is not None:
+        raise TrackingStoreError(
+            f"MLflow experiment {experiment.name!r} in {uri} keeps its artifacts in {experiment.artifact_location}, "
+            f"outside this store's folder {sqlite_path(uri).parent} (a moved or copied project?); nothing was "
+            f"written. Point the store at its own folder with: python -m seg.tracking relocate --tracking-uri "
+            f"{uri}  (or set MLFLOW_TRACKING_URI to the original store)")
+
+
+def relocate_store(uri: str) -> list[tuple[str, str]]:
+    """Rewrite the absolute artifact locations of a copied / moved local sqlite store so that they point into
+    its own folder: every experiment location `<old>/artifacts...` becomes `<store>/artifacts...`, with the
+    runs' artifact URIs and the logged models' locations under it -> [(old prefix, new prefix)] changed."""
+    import sqlite3
+
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        raise TrackingStoreError(f"relocate: {uri} is not a local sqlite store file")
+    client = MlflowClient(tracking_uri=uri)
+    moves = {}
+    for exp in client.search_experiments(view_type=3):   # ALL: deleted experiments move too
+        old = _outside_store(uri, exp.artifact_location or "")
+        if old is not None:
+            moves[old.as_uri()] = db.parent.resolve().as_uri()
+    with sqlite3.connect(db) as con:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        for old, new in moves.items():
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                                  ("logged_models", "artifact_location")):
+                if table in tables:
+                    con.execute(f"update {table} set {column} = ? || substr({column}, ?) where {column} like ?",
+                                (new, len(old) + 1, old + "%"))
+    return sorted(moves.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m seg.tracking relocate [--tracking-uri URI]: see relocate_store."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m seg.tracking")
+    parser.add_argument("command", choices=["relocate"])
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the project store")
+    args = parser.parse_args(argv)
+    uri = resolve_uri(args.tracking_uri)
+    try:
+        moves = relocate_store(uri)
+    except TrackingStoreError as err:
+        print(err)
+        return 1
+    for old, new in moves:
+        print(f"artifacts {old} -> {new}")
+    print(f"{uri}: {len(moves)} artifact location(s) rewritten" if moves else f"{uri}: every location is already in its folder")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -182,3 +182,37 @@ def test_pyfunc_of_a_checkpoint_that_segments_something_matches_seg_predict(swee
     want = _seg_predict(new.info.run_id, uri, pixels)
     assert len(np.unique(want)) == 2            # both background and the structure
     np.testing.assert_array_equal(got, want)
+
+
+# ----------------------------------------------------------------------------------------------------
+# portable stores
+
+def test_copied_project_fails_before_writing_then_relocates_and_writes_only_its_own_folder(tmp_path):
+    import shutil
+
+    from seg.tracking import Tracker, TrackingStoreError
+
+    old, new = tmp_path / "old" / "mlruns", tmp_path / "new" / "mlruns"
+    with Tracker(f"sqlite:///{old}/mlflow.db", "copied", "first", {}) as t:
+        t.log_text("x", "a.txt")
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    before = sorted(p for p in (tmp_path / "old").rglob("*"))
+    stamps = {p: p.stat().st_mtime_ns for p in before}
+    uri = f"sqlite:///{new}/mlflow.db"
+    with pytest.raises(TrackingStoreError, match=r"keeps its artifacts in file://.*/old/mlruns/artifacts, outside "
+                                                 r"this store's folder .*/new/mlruns .*python -m seg.tracking relocate"):
+        Tracker(uri, "copied", "second", {})
+    proc = subprocess.run([sys.executable, "-m", "seg.tracking", "relocate", "--tracking-uri", uri], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "1 artifact location(s) rewritten" in proc.stdout, proc.stdout + proc.stderr
+    with Tracker(uri, "copied", "second", {}) as t:
+        t.log_text("y", "b.txt")
+    assert sorted(p for p in (tmp_path / "old").rglob("*")) == before
+    assert {p: p.stat().st_mtime_ns for p in before} == stamps
+    from mlflow import MlflowClient
+
+    run = MlflowClient(uri).get_run(t.run_id)
+    assert run.info.artifact_uri.startswith(new.resolve().as_uri())
+    assert (Path(run.info.artifact_uri.removeprefix("file://")) / "b.txt").read_text() == "y"
+    first = MlflowClient(uri).search_runs([run.info.experiment_id], "attributes.run_name = 'first'")[0]
+    assert (Path(first.info.artifact_uri.removeprefix("file://")) / "a.txt").read_text() == "x"   # the copy's own
