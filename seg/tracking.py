@@ -636,15 +636,57 @@ def relocate_store(uri: str) -> list[tuple[str, str]]:
     return sorted(moves.items())
 
 
+def register_best(uri: str, experiment: str, name: str | None = None, monitor: str = "val/dice",
+                  sweep_id: str | None = None):
+    """Register the validation-selected configuration of a task (seg.report.runs.best_by_validation: the
+    configuration with the best mean best/<monitor>, then its best seed) in the Model Registry as a new
+    version of `name` (default `segsweep-<experiment>`), from that run's logged pyfunc model `model`;
+    the version is tagged with the run, configuration and criterion -> the ModelVersion."""
+    from seg.report.runs import best_by_validation
+
+    run, config = best_by_validation(uri, experiment, monitor=monitor, sweep_id=sweep_id)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = name or f"segsweep-{experiment}"
+    version = mlflow.register_model(f"runs:/{run.run_id}/model", name,
+                                    tags={"run_name": run.name, "configuration": config.label,
+                                          "selected_by": f"best mean best/{monitor} over seeds (validation only)",
+                                          f"best/{monitor}": str(run.metrics.get(f"best/{monitor}")),
+                                          "experiment": experiment})
+    client.update_model_version(name, version.version, description=(
+        f"{config.label} from experiment {experiment}: the configuration with the best mean best/{monitor} "
+        f"over its {len(config.runs)} seed(s), its best seed's run {run.name} ({run.run_id}). Chosen on "
+        "validation only; test metrics are in the run."))
+    return version
+
+
 def main(argv: list[str] | None = None) -> int:
-    """python -m seg.tracking relocate [--tracking-uri URI]: see relocate_store."""
+    """python -m seg.tracking relocate|register [--tracking-uri URI]: see relocate_store, register_best."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m seg.tracking")
-    parser.add_argument("command", choices=["relocate"])
+    parser.add_argument("command", choices=["relocate", "register"])
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the project store")
+    parser.add_argument("--experiment", help="register: the task (MLflow experiment), e.g. phantom_xray")
+    parser.add_argument("--name", default=None, help="register: the registered model (default segsweep-<experiment>)")
+    parser.add_argument("--monitor", default="val/dice", help="register: the validation criterion (default val/dice)")
+    parser.add_argument("--sweep-id", default=None, help="register: choose within this sweep (default: every run)")
     args = parser.parse_args(argv)
     uri = resolve_uri(args.tracking_uri)
+    if args.command == "register":
+        if not args.experiment:
+            parser.error("register needs --experiment NAME (the task, e.g. phantom_xray)")
+        from seg.report.runs import ReportError
+
+        try:
+            version = register_best(uri, args.experiment, args.name, args.monitor, args.sweep_id)
+        except (ReportError, mlflow.exceptions.MlflowException) as err:
+            print(f"register: {err}")
+            return 1
+        print(f"registered {version.name} version {version.version} from run {version.run_id} "
+              f"({version.tags.get('configuration', '')}); load it as models:/{version.name}/{version.version}")
+        return 0
     try:
         moves = relocate_store(uri)
     except TrackingStoreError as err:

@@ -216,3 +216,24 @@ def test_copied_project_fails_before_writing_then_relocates_and_writes_only_its_
     assert (Path(run.info.artifact_uri.removeprefix("file://")) / "b.txt").read_text() == "y"
     first = MlflowClient(uri).search_runs([run.info.experiment_id], "attributes.run_name = 'first'")[0]
     assert (Path(first.info.artifact_uri.removeprefix("file://")) / "a.txt").read_text() == "x"   # the copy's own
+
+
+@pytest.mark.slow
+def test_register_puts_the_validation_selected_run_in_the_registry(sweep):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from seg.report.runs import best_by_validation
+
+    uri = sweep["uri"]
+    proc = subprocess.run([sys.executable, "-m", "seg.tracking", "register", "--experiment", "phantom_xray",
+                           "--tracking-uri", uri], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    chosen, config = best_by_validation(uri, "phantom_xray")
+    version = MlflowClient(uri, registry_uri=uri).get_model_version("segsweep-phantom_xray", "1")
+    assert version.run_id == chosen.run_id and version.tags["configuration"] == config.label
+    assert f"registered segsweep-phantom_xray version 1 from run {chosen.run_id}" in proc.stdout
+    mlflow.set_registry_uri(uri)
+    pixels = np.random.default_rng(2).uniform(0, 255, (1, 32, 32)).astype(np.float32)
+    got = mlflow.pyfunc.load_model("models:/segsweep-phantom_xray/1").predict(pixels)
+    np.testing.assert_array_equal(got, _seg_predict(chosen.run_id, uri, pixels))
