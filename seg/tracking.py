@@ -477,6 +477,23 @@ def log_sweep_comparison(uri: str, parent_id: str, experiment: str, sweep_id: st
     return logged
 
 
+def link_completed_parents(client: MlflowClient, parent_id: str, skipped: list[str]) -> list[str]:
+    """A re-run that skipped every job (all already FINISHED) completes earlier sweeps: their parents get
+    tag `segsweep.confirmed_by` = this parent and a line in their description; this parent gets
+    `segsweep.completes` = theirs (it holds the same runs' comparison) -> a line naming them."""
+    olds = sorted({client.get_run(r).data.tags.get("mlflow.parentRunId", "") for r in skipped} - {"", parent_id})
+    for old in olds:
+        note = client.get_run(old).data.tags.get(NOTE_TAG, "")
+        line = f"Re-run {parent_id} skipped every job of this sweep: all still FINISHED."
+        client.set_tag(old, "segsweep.confirmed_by", parent_id)
+        if line not in note:
+            client.set_tag(old, NOTE_TAG, f"{note}\n\n{line}".strip())
+    if olds:
+        client.set_tag(parent_id, "segsweep.completes", ",".join(olds))
+        return [f"  every job was already FINISHED: the runs belong to parent run(s) {', '.join(olds)}"]
+    return []
+
+
 def conclude_sweep(sweep_dir: Path, jobs: list[dict]) -> list[str]:
     """After finish_sweep_parents: log each parent's comparison (log_sweep_comparison; a failure is logged
     as a warning and a `comparison_error` tag, never raised) -> lines to print: per parent, the UI URL that
@@ -503,6 +520,8 @@ def conclude_sweep(sweep_dir: Path, jobs: list[dict]) -> list[str]:
                         type(exc).__name__, exc)
             client.set_tag(parent_id, "comparison_error", f"{type(exc).__name__}: {exc}"[:5000])
         skipped = [j["run_id"] for j in mine if j.get("status") == "SKIPPED" and j.get("run_id")]
+        if skipped and len(skipped) == len(mine):
+            lines += link_completed_parents(client, parent_id, skipped)
         if skipped:
             ids = ", ".join(f"'{r}'" for r in [parent_id, *[j["run_id"] for j in mine if j.get("run_id")]])
             filt = f"attributes.run_id IN ({ids})"
