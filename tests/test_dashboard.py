@@ -237,3 +237,45 @@ def test_register_puts_the_validation_selected_run_in_the_registry(sweep):
     pixels = np.random.default_rng(2).uniform(0, 255, (1, 32, 32)).astype(np.float32)
     got = mlflow.pyfunc.load_model("models:/segsweep-phantom_xray/1").predict(pixels)
     np.testing.assert_array_equal(got, _seg_predict(chosen.run_id, uri, pixels))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the MLflow UI in a browser
+
+@pytest.mark.slow
+def test_browser_finds_the_parents_logged_figure(sweep, tmp_path):
+    """Headless Chromium (Debian package `chromium`; .ci/run installs it when it can) on `mlflow ui`
+    bound to 127.0.0.1: the parent run's artifact page shows the comparison heatmap."""
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium): the MLflow UI browser test needs it")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", sweep["uri"], "--host",
+                               "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as reply:
+                    if reply.read(2) == b"OK":
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail(f"mlflow ui did not answer on 127.0.0.1:{port}")
+                time.sleep(1)
+        page = (f"http://127.0.0.1:{port}/#/experiments/{sweep['exp'].experiment_id}/runs/"
+                f"{sweep['parent'].info.run_id}/artifacts/comparison/heatmaps.png")
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
+                              "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
+        assert '<img alt="comparison/heatmaps.png" src="blob:' in dom, dom[-2000:]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
