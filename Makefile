@@ -50,6 +50,9 @@ bench: $(STAMP)  ## speed vs the matmul ceiling and the peers -> outputs/bench/b
 report: $(STAMP)  ## architecture x loss report from MLflow into outputs/report/ (ARGS='--experiment phantom_xray')
 	$(PY) -m seg.report $(ARGS)
 
+register: $(STAMP)  ## register a task's validation-selected configuration in the Model Registry: make register EXPERIMENT=phantom_xray
+	$(PY) -m seg.tracking register --experiment $(or $(EXPERIMENT),phantom_xray) $(ARGS)
+
 check-data: $(STAMP)  ## validate a dataset tree: make check-data DATASET=acdc ROOT=/path/to/ACDC
 	$(PY) -m seg.data.check $(DATASET) "$(ROOT)" $(ARGS)
 

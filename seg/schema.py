@@ -84,6 +84,8 @@ RULES: tuple[Rule, ...] = (
     Rule("tracking.overlays", "int", 0, required=False),
     Rule("tracking.heartbeat_s", "float", 0, low_open=True, required=False),
     Rule("tracking.stale_after_s", "float", 0, low_open=True, required=False),
+    Rule("tracking.log_model", "bool", required=False),
+    Rule("tracking.system_metrics", "bool", required=False),
 )
 
 _MISSING = object()

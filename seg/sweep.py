@@ -243,7 +243,34 @@ def sweep_parent_id(cfg: DictConfig, ctx: dict) -> str:
 
     info_file = ctx["sweep_dir"] / "sweep.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    return sweep_parent(cfg.tracking.uri, cfg.tracking.experiment, ctx["sweep_id"], ctx["sweep_dir"], info)
+    run_id = sweep_parent(cfg.tracking.uri, cfg.tracking.experiment, ctx["sweep_id"], ctx["sweep_dir"], info)
+    name_parent(cfg, run_id, info, ctx["sweep_id"])
+    return run_id
+
+
+def study_of(info: dict, experiment: str) -> str:
+    """The study a sweep runs: its `experiment=` config (covid_arch_x_loss), else the MLflow experiment."""
+    chosen = [o.split("=", 1)[1] for o in info.get("overrides", []) if o.startswith(("experiment=", "+experiment="))]
+    return chosen[-1] if chosen else experiment
+
+
+def name_parent(cfg: DictConfig, run_id: str, info: dict, sweep_id: str) -> None:
+    """Name the parent run after the study and the sweep's start (seg.tracking.sweep_title) and describe
+    it: the command, the grid, and where its comparison appears when the sweep ends."""
+    from seg.tracking import describe_sweep_parent, sweep_title
+
+    study = study_of(info, str(cfg.tracking.experiment))
+    started = info.get("started") or sweep_id.replace("_", " ").replace("-", ":")
+    grid = info.get("grid") or {}
+    note = "\n\n".join([
+        f"**Sweep {sweep_id}** of study `{study}` in experiment `{cfg.tracking.experiment}`, started {started}.",
+        f"Command: `{info.get('command', '?')}`",
+        "Grid: " + ("; ".join(f"`{k}` = {v}" for k, v in grid.items())
+                    or f"`{' '.join(info.get('overrides', [])) or '(defaults)'}`"),
+        "Children: one run per configuration (expand this row, or filter `tags.mlflow.parentRunId`). When the "
+        "sweep ends this run holds its comparison: `comparison/summary.json` (table), `comparison/heatmaps.png` "
+        "and the HTML report `report/index.html`; `children.csv` lists every job and its status."])
+    describe_sweep_parent(cfg.tracking.uri, run_id, sweep_title(study, started), note)
 
 
 def write_job_status(out_dir: Path, job: dict) -> None:
@@ -348,7 +375,7 @@ class SweepSummary(Callback):
         write_text_atomic(sweep_dir / "sweep.json", json.dumps(info, indent=1, default=str))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from seg.tracking import finish_sweep_parents
+        from seg.tracking import conclude_sweep, finish_sweep_parents
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = read_jobs(sweep_dir)
@@ -362,6 +389,11 @@ class SweepSummary(Callback):
             finish_sweep_parents(sweep_dir, jobs)
         except Exception as exc:  # the summary and the exit status matter more than the parent's bookkeeping
             log.warning("could not close the sweep's parent run(s) in MLflow: %s: %s", type(exc).__name__, exc)
+        try:
+            concluded = conclude_sweep(sweep_dir, jobs)
+        except Exception as exc:  # as above: a comparison that cannot be logged never fails the sweep
+            log.warning("could not log the sweep's comparison in MLflow: %s: %s", type(exc).__name__, exc)
+            concluded = []
         counts = {s: sum(j["status"] == s for j in jobs) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED")}
         bad = len(jobs) - counts["FINISHED"] - counts["SKIPPED"]
         lines = [f"sweep done: {counts['FINISHED']} of {len(jobs)} jobs FINISHED, {counts['SKIPPED']} SKIPPED "
@@ -380,6 +412,7 @@ class SweepSummary(Callback):
         if common:
             lines.append(f"  every job: {' '.join(sorted(common))}")
         lines.append(f"  sweep dir {sweep_dir}")
+        lines += concluded
         log.info("\n".join(lines))
         if bad:
             sys.exit(1)

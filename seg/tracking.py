@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: the only module that imports mlflow (and seg/pyfunc_model.py, the logged model's code).
 
 Conventions (docs/design.md, "Training"): tracking URI `sqlite:///<project>/mlruns/mlflow.db` unless
 MLFLOW_TRACKING_URI says otherwise; one experiment per task; run name `{model}-{loss}-s{seed}`;
@@ -134,6 +134,7 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """Experiment id by name; new experiments on a local sqlite store keep artifacts under mlruns/artifacts."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        check_artifact_location(uri, experiment)
         return experiment.experiment_id
     db = sqlite_path(uri)
     artifact_location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
@@ -376,3 +377,400 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst_dir: str | 
     except (mlflow.exceptions.MlflowException, OSError) as err:
         raise FileNotFoundError(f"MLflow run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact "
                                 f"{artifact_path!r} at {run.info.artifact_uri}: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the store as a dashboard (issue 15): provenance, a tidy namespace, descriptions, the sweep's result
+
+NOTE_TAG = "mlflow.note.content"      # the run / experiment description the MLflow UI shows
+VERSIONED = ("torch", "mlflow", "hydra-core", "albumentations", "numpy")
+# headline params: short names, the settings that describe an experiment (flattened config key each)
+HEADLINE_PARAMS = {"model": "model.name", "loss": "loss.name", "dataset": "dataset.name",
+                   "optimizer": "optimizer.name", "lr": "optimizer.lr", "epochs": "trainer.epochs",
+                   "image_size": "dataset.image_size", "seed": "seed"}
+MACHINE_KEYS = ("paths.", "tracking.uri", "hydra.")
+
+
+def _git(*args: str) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def provenance_tags(device: Any = None, threads: int | None = None) -> dict[str, str]:
+    """Tags that say which code, on which machine, produced a run:
+    `mlflow.source.git.commit` (+ `git_dirty` "true"/"false", both absent outside a git checkout),
+    `mlflow.source.name` (the script), `mlflow.source.type` LOCAL, `command` (the command line),
+    `mlflow.user`, `host`, `device`, `threads`, `version.<package>` for torch, mlflow, hydra-core,
+    albumentations, numpy."""
+    import getpass
+    import importlib.metadata
+    import socket
+    import sys
+
+    tags = {"mlflow.source.name": Path(sys.argv[0]).name or "python", "mlflow.source.type": "LOCAL",
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:5000], "host": socket.gethostname()}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        tags["git_dirty"] = "unknown" if status is None else str(bool(status)).lower()
+        branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+        if branch:
+            tags["mlflow.source.git.branch"] = branch
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    for package in VERSIONED:
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            tags[f"version.{package}"] = "absent"
+    if device is not None:
+        tags["device"] = str(device)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    tags["threads"] = str(threads)
+    return tags
+
+
+def tidy_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flattened resolved config -> the params logged: without `_target_` class paths and machine paths
+    (paths.*, tracking.uri, hydra.*), plus the headline params (HEADLINE_PARAMS: model, loss, dataset,
+    optimizer, lr, epochs, image_size, seed) under short names, which the UI lists first to pick."""
+    out = {k: v for k, v in flat.items()
+           if not k.endswith("_target_") and not k.startswith(MACHINE_KEYS)}
+    for short, key in HEADLINE_PARAMS.items():
+        if key in flat and short not in out:
+            out[short] = flat[key]
+    return out
+
+
+def summary_metric_key(key: str) -> str:
+    """A summary key of seg.metrics.summarize -> its MLflow metric name: means under `test/`
+    (test/dice, test/dice_lv, test/hd95_pooled), case counts under `test_n/` (dice_n -> test_n/dice,
+    n_cases -> test_n/cases), spreads under `test_std/` (dice_lv_std -> test_std/dice_lv)."""
+    if key == "n_cases":
+        return "test_n/cases"
+    if key.endswith("_n"):
+        return f"test_n/{key[:-2]}"
+    if key.endswith("_std"):
+        return f"test_std/{key[:-4]}"
+    return f"test/{key}"
+
+
+def describe_experiment(uri: str, experiment: str, text: str) -> None:
+    """Set the experiment's description (`mlflow.note.content`) where it has none (a person's own text stays)."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None and not exp.tags.get(NOTE_TAG):
+        client.set_experiment_tag(exp.experiment_id, NOTE_TAG, text)
+
+
+def sweep_title(study: str, started: str) -> str:
+    """The parent run's name: the study (the `experiment=` config, else the MLflow experiment) and the
+    minute the sweep started, e.g. `covid_arch_x_loss 2026-11-26 11:15`."""
+    return f"{study} {started[:16]}".strip()
+
+
+def describe_sweep_parent(uri: str, run_id: str, name: str, note: str) -> None:
+    """Name a sweep's parent run and set its description (idempotent: every job of the sweep may call it)."""
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    if run.info.run_name != name:
+        client.update_run(run_id, name=name)
+    if run.data.tags.get(NOTE_TAG) != note:
+        client.set_tag(run_id, NOTE_TAG, note)
+
+
+def ui_url(uri: str, experiment_id: str, filter_string: str, port: int = 5000) -> str:
+    """The MLflow UI address that opens an experiment's runs filtered by `filter_string`: the server itself
+    for an http(s) store, else `mlflow ui` on 127.0.0.1:<port> (the command to start it is printed with it)."""
+    from urllib.parse import quote
+
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    return f"{base}/#/experiments/{experiment_id}/runs?searchFilter={quote(filter_string)}"
+
+
+def log_sweep_comparison(uri: str, parent_id: str, experiment: str, sweep_id: str) -> dict:
+    """Log a sweep's comparison on its parent run: the report's summary frame as an MLflow table
+    (`comparison/summary.json`), its heatmap figure (`comparison/heatmaps.png`) and the whole HTML report
+    (`report/index.html` with `report/figures/`), built by seg.report for this sweep only (smoke runs
+    included: the parent shows what the sweep ran) -> {"table", "figure", "html"} (artifact paths logged)."""
+    import tempfile
+
+    import pandas as pd
+
+    from seg.report import build_report
+
+    client = MlflowClient(tracking_uri=uri)
+    logged = {}
+    with tempfile.TemporaryDirectory(prefix="seg-sweep-report-") as tmp:
+        out = Path(tmp) / "report"
+        result = build_report(uri, out, experiments=[experiment], sweep_id=sweep_id, include_smoke=True)
+        summary = result["files"].get("summary")
+        if summary is not None:
+            frame = pd.read_csv(summary)
+            client.log_table(parent_id, data=frame, artifact_file="comparison/summary.json")
+            logged["table"] = "comparison/summary.json"
+        heatmaps = sorted((out / "figures").glob("*_heatmaps.png"))
+        if heatmaps:
+            from PIL import Image
+
+            # an MLflow image (UI "Images" panel + artifact) of the report's heatmap figure
+            client.log_image(parent_id, Image.open(heatmaps[0]).convert("RGB"), "comparison/heatmaps.png")
+            logged["figure"] = "comparison/heatmaps.png"
+        client.log_artifacts(parent_id, str(out), "report")
+        logged["html"] = "report/index.html"
+    return logged
+
+
+def link_completed_parents(client: MlflowClient, parent_id: str, skipped: list[str]) -> list[str]:
+    """A re-run that skipped every job (all already FINISHED) completes earlier sweeps: their parents get
+    tag `segsweep.confirmed_by` = this parent and a line in their description; this parent gets
+    `segsweep.completes` = theirs (it holds the same runs' comparison) -> a line naming them."""
+    olds = sorted({client.get_run(r).data.tags.get("mlflow.parentRunId", "") for r in skipped} - {"", parent_id})
+    for old in olds:
+        note = client.get_run(old).data.tags.get(NOTE_TAG, "")
+        line = f"Re-run {parent_id} skipped every job of this sweep: all still FINISHED."
+        client.set_tag(old, "segsweep.confirmed_by", parent_id)
+        if line not in note:
+            client.set_tag(old, NOTE_TAG, f"{note}\n\n{line}".strip())
+    if olds:
+        client.set_tag(parent_id, "segsweep.completes", ",".join(olds))
+        return [f"  every job was already FINISHED: the runs belong to parent run(s) {', '.join(olds)}"]
+    return []
+
+
+def conclude_sweep(sweep_dir: Path, jobs: list[dict]) -> list[str]:
+    """After finish_sweep_parents: log each parent's comparison (log_sweep_comparison; a failure is logged
+    as a warning and a `comparison_error` tag, never raised) -> lines to print: per parent, the UI URL that
+    opens the sweep's runs (the children of the parent, plus the runs it skipped as already FINISHED)."""
+    lines = []
+    for id_file in sorted(sweep_dir.glob(".mlflow_parent_*")):
+        if id_file.name == ".mlflow_parent.lock":
+            continue
+        parent_id = id_file.read_text().strip()
+        mine = [j for j in jobs if j.get("parent_run_id") == parent_id]
+        uri = next((j["tracking_uri"] for j in mine if j.get("tracking_uri")), None)
+        if uri is None:
+            continue
+        client = MlflowClient(tracking_uri=uri)
+        parent = client.get_run(parent_id)
+        experiment = client.get_experiment(parent.info.experiment_id)
+        sweep_id = parent.data.tags.get("sweep_id", sweep_dir.name)
+        try:
+            logged = log_sweep_comparison(uri, parent_id, experiment.name, sweep_id)
+            what = ", ".join(f"{k} {v}" for k, v in logged.items())
+            lines.append(f"  parent run {parent.info.run_name!r} ({parent_id}) holds the comparison: {what}")
+        except Exception as exc:  # the comparison is a convenience: it never fails the sweep
+            log.warning("could not log the sweep's comparison on its parent run %s: %s: %s", parent_id,
+                        type(exc).__name__, exc)
+            client.set_tag(parent_id, "comparison_error", f"{type(exc).__name__}: {exc}"[:5000])
+        skipped = [j["run_id"] for j in mine if j.get("status") == "SKIPPED" and j.get("run_id")]
+        if skipped and len(skipped) == len(mine):
+            lines += link_completed_parents(client, parent_id, skipped)
+        if skipped:
+            ids = ", ".join(f"'{r}'" for r in [parent_id, *[j["run_id"] for j in mine if j.get("run_id")]])
+            filt = f"attributes.run_id IN ({ids})"
+        else:
+            filt = f"tags.mlflow.parentRunId = '{parent_id}'"
+        start = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then "
+        lines.append(f"  the sweep's runs in the MLflow UI: {start}open {ui_url(uri, experiment.experiment_id, filt)}")
+    return lines
+
+
+def _requirements() -> list[str]:
+    """The pinned runtime requirements (requirements.txt), passed to MLflow so it infers none (slow)."""
+    lines = (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
+    return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+
+
+def log_pyfunc_model(uri: str, run_id: str, checkpoint_path: Path, example: "Any") -> str:
+    """Log a run's best checkpoint as the MLflow model `model` of the run (pyfunc, seg/pyfunc_model.py
+    from code with the `seg` package: no pickled object; signature and input example: raw slices float32
+    (D, H, W) -> labels uint8 (D, H, W)) -> its model URI `runs:/<run_id>/model`."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example = np.asarray(example, dtype=np.float32)
+    # any number of slices of any size: the model resizes to its own image size and back
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]))
+    mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import warnings
+
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():  # fluent: links the model to the run
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        mlflow.pyfunc.log_model(name="model", python_model=str(PROJECT_ROOT / "seg" / "pyfunc_model.py"),
+                                artifacts={"checkpoint": str(checkpoint_path)},
+                                code_paths=[str(PROJECT_ROOT / "seg")], signature=signature,
+                                input_example=example, pip_requirements=_requirements())
+    return f"runs:/{run_id}/model"
+
+
+def log_dataset_input(uri: str, run_id: str, name: str, split_file: Path, source_root: str,
+                      counts: Mapping[str, int] | None = None) -> str:
+    """Record the run's data as an MLflow dataset input (the UI's "Datasets" column): `name` (the dataset
+    config), digest = the first 16 hex digits of sha256(split.json) (the same split <=> the same digest),
+    source = the data root (or the phantom's folder); context tag "training", plus the split sizes as
+    input tags -> the digest."""
+    import hashlib
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    digest = hashlib.sha256(Path(split_file).read_bytes()).hexdigest()[:16]
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(source_root)), name=name, digest=digest)
+    tags = [InputTag("mlflow.data.context", "training")]
+    tags += [InputTag(f"n_{k}", str(v)) for k, v in (counts or {}).items()]
+    MlflowClient(tracking_uri=uri).log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+    return digest
+
+
+@contextmanager
+def system_metrics(uri: str, run_id: str, enabled: bool, interval_s: float = 10.0):
+    """With `enabled` (tracking.system_metrics), MLflow's system metrics monitor samples CPU, memory,
+    disk and network (GPU where pynvml finds one) into the run as `system/*` every `interval_s` seconds
+    for the duration of the block (needs psutil)."""
+    if not enabled:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+def _outside_store(uri: str, location: str) -> Path | None:
+    """The store folder an experiment's local artifact location points into when that is not the folder of
+    this sqlite store (`<old>/artifacts` of a moved or copied project); None when it is inside, or not local."""
+    db = sqlite_path(uri)
+    if db is None or not location.startswith("file:"):
+        return None
+    from urllib.parse import unquote, urlparse
+
+    where = Path(unquote(urlparse(location).path))
+    store = db.parent.resolve()
+    if where == store or store in where.parents:
+        return None
+    return where.parent if where.name == "artifacts" else where
+
+
+def check_artifact_location(uri: str, experiment) -> None:
+    """Fail, before anything is written, when a local sqlite store's experiment keeps its artifacts outside
+    the store's folder: the sqlite file keeps absolute locations, so a copied or moved project would
+    otherwise write every artifact into the old project's folder (or fail when it is gone)."""
+    old = _outside_store(uri, experiment.artifact_location or "")
+    if old is not None:
+        raise TrackingStoreError(
+            f"MLflow experiment {experiment.name!r} in {uri} keeps its artifacts in {experiment.artifact_location}, "
+            f"outside this store's folder {sqlite_path(uri).parent} (a moved or copied project?); nothing was "
+            f"written. Point the store at its own folder with: python -m seg.tracking relocate --tracking-uri "
+            f"{uri}  (or set MLFLOW_TRACKING_URI to the original store)")
+
+
+def relocate_store(uri: str) -> list[tuple[str, str]]:
+    """Rewrite the absolute artifact locations of a copied / moved local sqlite store so that they point into
+    its own folder: every experiment location `<old>/artifacts...` becomes `<store>/artifacts...`, with the
+    runs' artifact URIs and the logged models' locations under it -> [(old prefix, new prefix)] changed."""
+    import sqlite3
+
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        raise TrackingStoreError(f"relocate: {uri} is not a local sqlite store file")
+    client = MlflowClient(tracking_uri=uri)
+    moves = {}
+    for exp in client.search_experiments(view_type=3):   # ALL: deleted experiments move too
+        old = _outside_store(uri, exp.artifact_location or "")
+        if old is not None:
+            moves[old.as_uri()] = db.parent.resolve().as_uri()
+    with sqlite3.connect(db) as con:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        for old, new in moves.items():
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                                  ("logged_models", "artifact_location")):
+                if table in tables:
+                    con.execute(f"update {table} set {column} = ? || substr({column}, ?) where {column} like ?",
+                                (new, len(old) + 1, old + "%"))
+    return sorted(moves.items())
+
+
+def register_best(uri: str, experiment: str, name: str | None = None, monitor: str = "val/dice",
+                  sweep_id: str | None = None):
+    """Register the validation-selected configuration of a task (seg.report.runs.best_by_validation: the
+    configuration with the best mean best/<monitor>, then its best seed) in the Model Registry as a new
+    version of `name` (default `segsweep-<experiment>`), from that run's logged pyfunc model `model`;
+    the version is tagged with the run, configuration and criterion -> the ModelVersion."""
+    from seg.report.runs import best_by_validation
+
+    run, config = best_by_validation(uri, experiment, monitor=monitor, sweep_id=sweep_id)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = name or f"segsweep-{experiment}"
+    version = mlflow.register_model(f"runs:/{run.run_id}/model", name,
+                                    tags={"run_name": run.name, "configuration": config.label,
+                                          "selected_by": f"best mean best/{monitor} over seeds (validation only)",
+                                          f"best/{monitor}": str(run.metrics.get(f"best/{monitor}")),
+                                          "experiment": experiment})
+    client.update_model_version(name, version.version, description=(
+        f"{config.label} from experiment {experiment}: the configuration with the best mean best/{monitor} "
+        f"over its {len(config.runs)} seed(s), its best seed's run {run.name} ({run.run_id}). Chosen on "
+        "validation only; test metrics are in the run."))
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m seg.tracking relocate|register [--tracking-uri URI]: see relocate_store, register_best."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m seg.tracking")
+    parser.add_argument("command", choices=["relocate", "register"])
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the project store")
+    parser.add_argument("--experiment", help="register: the task (MLflow experiment), e.g. phantom_xray")
+    parser.add_argument("--name", default=None, help="register: the registered model (default segsweep-<experiment>)")
+    parser.add_argument("--monitor", default="val/dice", help="register: the validation criterion (default val/dice)")
+    parser.add_argument("--sweep-id", default=None, help="register: choose within this sweep (default: every run)")
+    args = parser.parse_args(argv)
+    uri = resolve_uri(args.tracking_uri)
+    if args.command == "register":
+        if not args.experiment:
+            parser.error("register needs --experiment NAME (the task, e.g. phantom_xray)")
+        from seg.report.runs import ReportError
+
+        try:
+            version = register_best(uri, args.experiment, args.name, args.monitor, args.sweep_id)
+        except (ReportError, mlflow.exceptions.MlflowException) as err:
+            print(f"register: {err}")
+            return 1
+        print(f"registered {version.name} version {version.version} from run {version.run_id} "
+              f"({version.tags.get('configuration', '')}); load it as models:/{version.name}/{version.version}")
+        return 0
+    try:
+        moves = relocate_store(uri)
+    except TrackingStoreError as err:
+        print(err)
+        return 1
+    for old, new in moves:
+        print(f"artifacts {old} -> {new}")
+    print(f"{uri}: {len(moves)} artifact location(s) rewritten" if moves else f"{uri}: every location is already in its folder")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

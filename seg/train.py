@@ -39,7 +39,8 @@ from seg.schema import ConfigError, validate
 from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
 from seg.sweep import (HOST, config_hash, config_lock, holder_text, hydra_context, live_owner, plan_resume,
                        previous_runs, sweep_parent_id, write_job_status)
-from seg.tracking import Tracker, kill_sweep_parent
+from seg.tracking import (NOTE_TAG, Tracker, describe_experiment, kill_sweep_parent, log_dataset_input, log_pyfunc_model,
+                          provenance_tags, summary_metric_key, system_metrics, tidy_params)
 from seg.viz import write_overlay
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ def _run_locked(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook], chash: str, r
             "overrides": ctx["overrides"], "output_dir": str(out_dir)}
     if "parent_run_id" in job:
         tags["mlflow.parentRunId"] = job["parent_run_id"]
+    tags.update(provenance_tags(device, cfg.threads))
+    tags[NOTE_TAG] = _run_note(cfg, ctx)
     resume = plan_resume(cfg, unfinished, tags)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name, tags,
                       run_id=resume["run_id"], heartbeat_s=cfg.tracking.get("heartbeat_s", 30))
@@ -175,15 +178,17 @@ def _run_locked(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook], chash: str, r
         write_job_status(out_dir, job)
     log.info("MLflow run %s (%s) in experiment %s; output %s", tracker.run_id, cfg.tracking.run_name,
              cfg.tracking.experiment, out_dir)
+    describe_experiment(cfg.tracking.uri, cfg.tracking.experiment, _experiment_note(cfg))
     with tracker:
-        params = flatten(resolved)
+        params = tidy_params(flatten(resolved))
         if resume["run_id"] is not None:  # params are immutable in MLflow: log only those the run lacks
             params = {k: v for k, v in params.items() if k not in unfinished.data.params}
         tracker.log_params(params)
         config_path = out_dir / "config.yaml"
         config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(config_path)
-        return _fit_and_test(cfg, tracker, out_dir, device, dtype, resolved, resume, hooks, data)
+        with system_metrics(cfg.tracking.uri, tracker.run_id, bool(cfg.tracking.get("system_metrics", False))):
+            return _fit_and_test(cfg, tracker, out_dir, device, dtype, resolved, resume, hooks, data)
 
 
 def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved: dict, resume: dict,
@@ -195,6 +200,9 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     num_classes = int(cfg.dataset.num_classes)
     (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
     tracker.log_artifact(out_dir / "split.json")
+    source = cfg.dataset.get("root") or Path(cfg.paths.cache) / "phantom"   # the embedded phantom's cache
+    log_dataset_input(cfg.tracking.uri, tracker.run_id, str(cfg.dataset.name), out_dir / "split.json", str(source),
+                      {"train": len(data.train), "val": len(data.val), "test": len(data.test)})
     log.info("data: %d training samples, %d val cases, %d test cases, structures %s",
              len(data.train), len(data.val), len(data.test), data.class_names)
 
@@ -248,7 +256,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     model.load_state_dict(best["state_dict"])
     rows, kept = test_pass(model, data, device, dtype, num_classes, keep=int(cfg.tracking.overlays), hooks=hooks)
     test = summarize(rows, data.class_names)
-    final = {f"test/{k}": v for k, v in test.items() if not (isinstance(v, float) and math.isnan(v))}
+    final = {summary_metric_key(k): v for k, v in test.items() if not (isinstance(v, float) and math.isnan(v))}
     final.update({"best/epoch": state.best_epoch + 1, f"best/{t.monitor}": state.best,
                   "time/train_s": state.train_time, "time/img_per_s": state.images / max(state.train_time, 1e-9)})
     tracker.log_metrics(final)
@@ -263,11 +271,51 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
         tracker.log_artifact(png, "overlays")
     log.info("test: dice %.4f  iou %.4f  hd95 %.2f  (best epoch %d); run %s", test["dice"], test["iou"],
              test["hd95"], state.best_epoch + 1, tracker.run_id)
+    if cfg.tracking.get("log_model", True):
+        size = int(cfg.dataset.image_size)   # input example: one raw slice (1, S, S), a ramp of pixel values
+        example = np.linspace(0, 255, size * size, dtype=np.float32).reshape(1, size, size)
+        log_pyfunc_model(cfg.tracking.uri, tracker.run_id, saver.best, example)
     saver.clean()                      # last.pt / last.prev.pt are only needed to resume an unfinished run
     if resume["folder"] is not None and resume["folder"].resolve() != saver.folder.resolve():
         for name in (checkpoint.LAST, checkpoint.PREV):
             (resume["folder"] / name).unlink(missing_ok=True)
     return float(state.best)
+
+
+def _run_note(cfg: DictConfig, ctx: dict) -> str:
+    """The run's description (markdown, shown by the MLflow UI): what it trains, on what, from which sweep."""
+    where = "the embedded phantom" if cfg.dataset.get("root") in (None, "") else f"`{cfg.dataset.root}`"
+    lines = [f"**{cfg.model.name} + {cfg.loss.name}** on {cfg.dataset.name} ({where}), seed {cfg.seed}, "
+             f"profile {cfg.profile.name}: {cfg.trainer.epochs} epoch(s) at {cfg.dataset.image_size} px, "
+             f"optimizer {cfg.optimizer.get('name', '?')} lr {cfg.optimizer.get('lr', '?')}.",
+             f"Selection metric: best `{cfg.trainer.monitor}`; test metrics under `test/` (counts `test_n/`, "
+             "spreads `test_std/`)."]
+    if ctx["multirun"]:
+        lines.append(f"Sweep {ctx['sweep_id']} (parent run); overrides: `{ctx['overrides'] or '-'}`.")
+    return "\n\n".join(lines)
+
+
+def _experiment_note(cfg: DictConfig) -> str:
+    """The experiment's description: the task, the dataset and where its published numbers come from
+    (seg.data.datasets.references)."""
+    from seg.data.datasets import references
+
+    phantom = cfg.dataset.get("root") in (None, "")
+    lines = [f"Task: segmentation of {cfg.dataset.name} ({int(cfg.dataset.num_classes) - 1 or 1} foreground "
+             f"structure(s)), model x loss comparisons; one run per configuration and seed.",
+             "Data: " + ("the embedded phantom (synthetic images; its numbers say nothing about real data)."
+                         if phantom else f"{cfg.dataset.root}.")]
+    published = references(str(cfg.dataset.name))
+    if published.references:
+        lines.append("Published numbers (on " + (published.real_data or "the real data set") + "): "
+                     + "; ".join(f"{r.method} ({r.source})" for r in published.references) + ".")
+        if published.not_included:
+            lines.append(f"Not included: {published.not_included}.")
+    else:
+        lines.append("Published numbers: none recorded for this dataset.")
+    lines.append("Compare with `python -m seg.report`; the parent run of each sweep holds its summary table, "
+                 "heatmap and HTML report.")
+    return "\n\n".join(lines)
 
 
 def test_pass(model, data, device, dtype, num_classes: int, keep: int = 0, hooks: Sequence[Hook] = ()):

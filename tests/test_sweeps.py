@@ -107,6 +107,12 @@ def _runs(tmp_path: Path, experiment: str = "phantom_xray") -> tuple[list, list]
             [r for r in runs if r.data.tags.get(PARENT_TAG) == "true"])
 
 
+def client_of(tmp_path: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+
+
 def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, phantom_cache):
     args = ["model=unet", "loss=dice,bce"]
     first = _run(args, tmp_path, phantom_cache, "s1")
@@ -133,6 +139,11 @@ def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, pha
     assert parent2.info.status == "FINISHED" and parent2.data.metrics["jobs/skipped"] == 2
     listed = (Path(parent2.info.artifact_uri.removeprefix("file://")) / "children.csv").read_text()
     assert listed.count("SKIPPED") == 2 and all(r.info.run_id in listed for r in runs_now)
+    # ... holds their comparison and names the parent of the sweep it completes, which names it back
+    assert parent2.data.tags["segsweep.completes"] == parent.info.run_id
+    assert {a.path for a in client_of(tmp_path).list_artifacts(parent2.info.run_id, "comparison")} == {
+        "comparison/summary.json", "comparison/heatmaps.png"}
+    assert client_of(tmp_path).get_run(parent.info.run_id).data.tags["segsweep.confirmed_by"] == parent2.info.run_id
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     deleted = next(r for r in runs if r.info.run_name == "unet-bce-s0")

@@ -69,7 +69,7 @@ def test_tiny_multirun_logs_finished_runs(tmp_path, phantom_cache):
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1 and runs[0].data.tags["sweep_id"] != "none"
     for r in runs:
         m, tags, params = r.data.metrics, r.data.tags, r.data.params
-        for key in ("test/dice", "test/iou", "test/hd95", "test/dice_infection", "test/dice_n", "val/dice"):
+        for key in ("test/dice", "test/iou", "test/hd95", "test/dice_infection", "test_n/dice", "test_std/dice_infection", "val/dice"):
             assert key in m, key
         assert 0.0 <= m["test/dice"] <= 1.0 and m["test/hd95"] >= 0
         assert tags["model"] in ("unet", "transunet") and tags["loss"] == "dice" and tags["dataset"] == "covid_infection"
@@ -140,7 +140,7 @@ def test_default_cardiac_run_learns_every_structure(tmp_path, phantom_cache):
         for structure in ("rv", "myo", "lv"):
             assert f"test/{metric}_{structure}" in m
     assert m["test/dice_lv"] > 0.7 and m["test/dice_rv"] > 0.5 and m["test/dice_myo"] > 0.3
-    assert m["test/n_cases"] == 20   # 10 test patients x (ED, ES), scored as 3D volumes
+    assert m["test_n/cases"] == 20   # 10 test patients x (ED, ES), scored as 3D volumes
 
 
 def test_best_checkpoint_is_the_best_epoch_not_the_last(tmp_path, phantom_cache):

@@ -37,7 +37,7 @@ def test_ct_heart_config_trains_on_a_generated_tree(tmp_path, phantom_cache, ct_
     assert run.info.status == "FINISHED" and run.data.tags["dataset"] == "ct_heart"
     assert run.data.params["dataset.root"] == str(ct_root)
     assert run.data.params["dataset.source.transforms.normalize"] == "window"
-    assert "test/dice_heart" in run.data.metrics and run.data.metrics["test/n_cases"] == 20   # 1 patient x 20
+    assert "test/dice_heart" in run.data.metrics and run.data.metrics["test_n/cases"] == 20   # 1 patient x 20
     split = _split(run)
     assert _disjoint(split) and [len(split[k]) for k in ("train", "val", "test")] == [6, 1, 1]
     assert split["dicom_series"] == ["test/patient09/series1", "test/patient10/series1"]
@@ -64,7 +64,7 @@ def test_real_dataset_configs_train_on_generated_trees(tmp_path, phantom_cache, 
             assert f"test/dice_{s}" in run.data.metrics, (name, s)
         assert _disjoint(_split(run))
     (acdc_run,) = _runs(uri, "acdc")
-    assert acdc_run.data.metrics["test/n_cases"] == 20          # 10 testing patients x (ED, ES), 3D
+    assert acdc_run.data.metrics["test_n/cases"] == 20          # 10 testing patients x (ED, ES), 3D
     assert _split(acdc_run)["test"] == [f"patient{i}" for i in range(101, 111)]
     (covid_run,) = _runs(uri, "covid_infection")
-    assert covid_run.data.metrics["test/n_cases"] == 32         # the published Test split
+    assert covid_run.data.metrics["test_n/cases"] == 32         # the published Test split

@@ -96,7 +96,7 @@ def test_a_new_png_pair_task_trains_checks_predicts_and_reports(tmp_path):
     (run,) = [r for r in search_runs(f"sqlite:///{tmp_path}/mlflow.db", "png_pairs")
               if r.data.tags.get("segsweep.parent") != "true"]
     assert run.info.status == "FINISHED" and run.data.tags["dataset"] == "png_pairs"
-    assert run.data.metrics["test/n_cases"] == 3 and "test/dice_disk" in run.data.metrics
+    assert run.data.metrics["test_n/cases"] == 3 and "test/dice_disk" in run.data.metrics
     split = json.loads((run_dir / "split.json").read_text())
     assert [len(split[k]) for k in ("train", "val", "test")] == [9, 3, 3]
     # check-data
