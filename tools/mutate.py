@@ -38,8 +38,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "checkpoint": (["seg/engine/checkpoint.py", "seg/engine/hooks.py"],
                    ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"]),
     "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"]),
-    "transforms": (["seg/data/transforms.py"], ["tests/data/test_transforms.py", "tests/data/test_datasets.py"]),
-    "splits": (["seg/data/layout.py"], ["tests/data/test_layout.py", "tests/data/test_datasets.py"]),
+    "transforms": (["seg/data/transforms.py"], ["tests/data/test_readers.py"]),
+    "splits": (["seg/data/layout.py"], ["tests/data/test_layout.py"]),
     "report_stats": (["seg/report/stats.py"], ["tests/report"]),
 }
 # copied into each scratch project (what the tests need at run time besides seg/ and tests/)
