@@ -22,8 +22,8 @@ def test_each_stratum_gives_its_rounded_share_to_val_and_test():
 
 
 def test_halves_round_up_not_to_even():
-    split = stratified_split(_keys("k", 5), ["s"] * 5, 0.1, 0.3, seed=1, what="images")   # 0.5 -> 1, 1.5 -> 2
-    assert (len(split["val"]), len(split["test"]), len(split["train"])) == (1, 2, 2)
+    split = stratified_split(_keys("k", 10), ["s"] * 10, 0.25, 0.25, seed=1, what="images")   # 2.5 -> 3, not 2
+    assert (len(split["val"]), len(split["test"]), len(split["train"])) == (3, 3, 4)
 
 
 def test_the_same_seed_gives_the_same_split_and_lists_are_in_natural_order():
