@@ -38,7 +38,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "checkpoint": (["seg/engine/checkpoint.py", "seg/engine/hooks.py"],
                    ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"]),
     "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"]),
-    "transforms": (["seg/data/transforms.py"], ["tests/data/test_readers.py"]),
+    "transforms": (["seg/data/transforms.py"], ["tests/data/test_transforms.py", "tests/data/test_readers.py"]),
     "splits": (["seg/data/layout.py"], ["tests/data/test_layout.py"]),
     "report_stats": (["seg/report/stats.py"], ["tests/report"]),
 }
