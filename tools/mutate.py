@@ -10,7 +10,7 @@ narrows it further to the tests that call the mutated function). Slow-marked tes
     python tools/mutate.py --report        # only print the table of the last runs
 
 Per module it prints and writes outputs/mutate/report.md: killed / survived / equivalent / other
-(timeout, suspicious, not checked: no test reaches the function). A survivor whose name is listed in
+(suspicious, segfault, not checked); a timeout counts as killed, a mutant no selected test reaches as survived. A survivor whose name is listed in
 docs/mutation.md (a line starting with "- `<mutant name>`") is counted as equivalent: the change
 cannot alter a number a user sees (the reason is written there). Survivors' diffs go to
 outputs/mutate/<module>/survivors.txt.
@@ -18,6 +18,7 @@ outputs/mutate/<module>/survivors.txt.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -30,18 +31,30 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "mutate"
 EQUIVALENT_DOC = ROOT / "docs" / "mutation.md"
 
-# module -> (files mutated, tests run against their mutants)
-MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "metrics": (["seg/metrics.py"], ["tests/test_metrics.py", "tests/test_metrics_monai.py"]),
-    "losses": (["seg/losses.py"], ["tests/test_losses.py"]),
-    "sweep": (["seg/sweep.py"], ["tests/test_sweeps.py"]),
+# module -> (files mutated, tests run against their mutants, the functions mutated: mutmut mutant-name
+# globs, "seg.metrics.x_dice*" = function dice, "seg.losses.xǁDiceLossǁ*" = DiceLoss's methods)
+MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
+    "metrics": (["seg/metrics.py"], ["tests/test_metrics.py"],
+                [f"seg.metrics.x_{f}*" for f in ("dice", "iou", "empty_penalty", "_percentile", "_hd", "_assd",
+                                                 "case_metrics", "_label_map", "structure_rows", "summarize")]),
+    "losses": (["seg/losses.py"], ["tests/test_losses.py"], ["seg.losses.*"]),
+    "sweep": (["seg/sweep.py"], ["tests/test_sweeps.py"],
+              ["seg.sweep.x_config_hash*", "seg.sweep.x_previous_runs*", "seg.sweep.x_read_jobs*"]),
     "checkpoint": (["seg/engine/checkpoint.py", "seg/engine/hooks.py"],
-                   ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"]),
-    "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"]),
-    "transforms": (["seg/data/transforms.py"], ["tests/data/test_transforms.py", "tests/data/test_readers.py"]),
-    "splits": (["seg/data/layout.py"], ["tests/data/test_layout.py"]),
-    "report_stats": (["seg/report/stats.py"], ["tests/report"]),
+                   ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"],
+                   [f"seg.engine.checkpoint.x_{f}*" for f in ("best_payload", "last_payload", "nonfinite", "load",
+                                                              "_upgrade", "resume_state")]
+                   + ["seg.engine.hooks.xǁCheckpointerǁon_checkpoint*"]),
+    "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"], ["seg.engine.loop.x_fit*"]),
+    "transforms": (["seg/data/transforms.py"], ["tests/data/test_transforms.py", "tests/data/test_readers.py"],
+                   ["seg.data.transforms.x_build_transforms*", "seg.data.transforms.x_unit_slices*",
+                    "seg.data.transforms.x_transforms_pair*", "seg.data.transforms.xǁFixedNormalizeǁapply*"]),
+    "splits": (["seg/data/layout.py"], ["tests/data/test_layout.py"], ["seg.data.layout.x_stratified_split*"]),
+    "report_stats": (["seg/report/stats.py"], ["tests/report"], ["seg.report.stats.*"]),
 }
+# statements not mutated: error texts and log lines (their wording changes no number; the errors'
+# conditions are still mutated)
+DO_NOT_MUTATE = [r"^\s*raise \w+\(", r"^\s*log\.(debug|info|warning|error|exception)\("]
 # copied into each scratch project (what the tests need at run time besides seg/ and tests/)
 COPY = ["seg", "tests", "conf", "experiments", "benchmarks", "pytest.ini", "run.py", "requirements.txt"]
 # exit codes mutmut records per mutant
@@ -56,7 +69,7 @@ def _ignore(_dir, names):
 
 def prepare(name: str) -> Path:
     """A fresh scratch copy of the project with a pyproject.toml that configures mutmut for `name`."""
-    files, tests = MODULES[name]
+    files, tests, _ = MODULES[name]
     missing = [p for p in files + tests if not (ROOT / p).exists()]
     if missing:
         raise SystemExit(f"mutate {name}: {', '.join(missing)} not found in {ROOT} (MODULES in {__file__})")
@@ -76,6 +89,7 @@ def prepare(name: str) -> Path:
             'pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-q"]',
             'also_copy = ["conf", "experiments", "benchmarks", "pytest.ini", "run.py"]',
             'process_isolation = "forkserver"',     # torch is not fork-safe after pytest ran in the parent
+            f"do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE)}",
             ]
     (work / "pyproject.toml").write_text("\n".join(toml) + "\n")
     return work
@@ -99,6 +113,8 @@ def results(name: str) -> dict | None:
     for meta in metas:
         data = json.loads(meta.read_text())
         for mutant, code in data.get("exit_code_by_key", {}).items():
+            if not any(fnmatch.fnmatch(mutant, g) for g in MODULES[name][2]):
+                continue
             counts["total"] += 1
             if code in KILLED:
                 counts["killed"] += 1
@@ -153,8 +169,8 @@ def main(argv=None) -> int:
         for name in names:
             work = prepare(name)
             print(f"mutate {name}: {', '.join(MODULES[name][0])} against {', '.join(MODULES[name][1])}", flush=True)
-            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
-                                  cwd=work)
+            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children),
+                                   *MODULES[name][2]], cwd=work)
             c = results(name)
             if c is None:
                 print(f"mutate {name}: mutmut produced no results (exit {proc.returncode})", flush=True)
