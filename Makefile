@@ -12,6 +12,7 @@ SWEEP  := experiment=covid_arch_x_loss
 
 .DEFAULT_GOAL := help
 .PHONY: help install run sweep test test-all mutate ui summary bench report check-data predict clean
+.PHONY: cluster-up cluster-down test-cluster
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -58,6 +59,15 @@ check-data: $(STAMP)  ## validate a dataset tree: make check-data DATASET=acdc R
 
 predict: $(STAMP)  ## segment images with a run or checkpoint: make predict ARGS='MODEL INPUT... --out DIR'
 	$(PY) -m seg.predict $(ARGS)
+
+cluster-up: $(STAMP)  ## local SLURM + PostgreSQL-backed MLflow server on 127.0.0.1 (root; README: Scaling out)
+	scripts/cluster/cluster.sh up
+
+cluster-down:  ## stop the local cluster (data kept; scripts/cluster/cluster.sh purge deletes them)
+	scripts/cluster/cluster.sh down
+
+test-cluster: $(STAMP)  ## the 3 x 3 study through the local SLURM cluster, one job requeued (brings it up and down)
+	$(PY) -m pytest tests/test_cluster.py -q -rs
 
 clean:  ## remove outputs/, mlruns/ and caches (keeps .venv)
 	rm -rf outputs mlruns multirun .pytest_cache

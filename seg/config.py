@@ -82,3 +82,28 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def scheduler_patience_warning(cfg: DictConfig) -> str | None:
+    """A warning when the plateau scheduler's LR cut can never act before early stopping; else None.
+
+    ReduceLROnPlateau cuts the LR once more than `scheduler.patience` epochs in a row fail to improve,
+    i.e. at the (patience + 1)-th such epoch; early stopping ends training after
+    `trainer.early_stopping` of them (the same epoch's scheduler step comes first). The reduced LR
+    trains at least one epoch only when patience + 1 < early_stopping, i.e. patience <= early_stopping
+    - 2. With early stopping off (0), the bound is `trainer.epochs` instead. Other schedulers: None.
+    """
+    scheduler = cfg.get("scheduler")
+    if scheduler is None or "patience" not in scheduler or not str(scheduler.get("_target_", "")).endswith(
+            "ReduceLROnPlateau"):
+        return None
+    patience = int(scheduler.patience)
+    trainer = cfg.trainer
+    stop, what = int(trainer.get("early_stopping") or 0), "trainer.early_stopping"
+    if stop <= 0:
+        stop, what = int(trainer.epochs), "trainer.epochs"
+    if patience + 1 < stop:
+        return None
+    return (f"scheduler.patience={patience} can never lower the learning rate before training ends: the LR is cut "
+            f"after {patience + 1} epochs without improvement, and {what}={stop} ends training by then. Use "
+            f"scheduler.patience <= {max(stop - 2, 0)} (or raise {what}).")

@@ -1,14 +1,16 @@
 """Segmentation metrics with defined semantics on empty masks (pure numpy + scipy).
 
-The contract (DESIGN.md), per image (2D) or volume (3D), per foreground structure:
+The contract (docs/metrics.md), per image (2D) or volume (3D), per foreground structure:
 
-    case                    Dice, IoU        HD, HD95, ASSD (mm)
+    case                    Dice, IoU        HD, HD95, HD95 pooled, ASSD (mm)
     both empty              NaN (counted)    NaN (counted)
     one empty, other not    0                diagonal of the image extent in mm
     both non-empty          usual            symmetric, between boundary pixels
 
 Boundary pixels are mask XOR its erosion with the connectivity-1 cross (as MONAI and medpy);
-HD95 is the max of the two directed 95th percentiles (np.percentile's 'linear'). Distances use the
+HD95 is the max of the two directed 95th percentiles (np.percentile's 'linear'; MONAI's definition);
+HD95 pooled (`hd95_pooled`) is the 95th percentile of both directed distance sets pooled together
+(medpy's `hd95`, which TransUNet and Swin-Unet report). Distances use the
 pixel / voxel spacing (mm) of the array axes; spacing None means 1 per axis (distances in pixels).
 
 Distances are exact Euclidean, computed on the bounding box of the two masks only, by whichever of
@@ -26,7 +28,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-METRICS = ("dice", "iou", "hd", "hd95", "assd")
+METRICS = ("dice", "iou", "hd", "hd95", "hd95_pooled", "assd")
+# the columns of a run's cases.csv, in order (one row per case and structure; see structure_rows)
+CASE_COLUMNS = ("case_id", "structure", "gt_empty", "pred_empty") + METRICS
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -370,6 +374,20 @@ def hausdorff(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None 
     return value if dists is None else _hd(dists, percentile)
 
 
+def hd95_pooled(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """HD95 as medpy's `hd95` computes it (mm): the 95th percentile (np.percentile's 'linear') of the
+    pooled directed boundary distances pred -> gt and gt -> pred, with the spacing (medpy's
+    voxelspacing). Empty masks follow the contract: both empty -> NaN; one empty ->
+    empty_penalty(shape, spacing) (medpy raises there). pred, gt: bool arrays (H, W) or (D, H, W).
+    """
+    dists, value = _distances_or_value(pred, gt, spacing)
+    return value if dists is None else _pooled95(dists)
+
+
+def _pooled95(dists: tuple[np.ndarray, np.ndarray]) -> float:
+    return _percentile(np.concatenate(dists), 95)
+
+
 def assd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None) -> float:
     """Average symmetric surface distance (mm): mean over both directed distance sets."""
     dists, value = _distances_or_value(pred, gt, spacing)
@@ -378,8 +396,8 @@ def assd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = Non
 
 def _distance_metrics(dists: tuple[np.ndarray, np.ndarray] | None, value: float) -> dict[str, float]:
     if dists is None:
-        return {"hd": value, "hd95": value, "assd": value}
-    return {"hd": _hd(dists, None), "hd95": _hd(dists, 95), "assd": _assd(dists)}
+        return {"hd": value, "hd95": value, "hd95_pooled": value, "assd": value}
+    return {"hd": _hd(dists, None), "hd95": _hd(dists, 95), "hd95_pooled": _pooled95(dists), "assd": _assd(dists)}
 
 
 def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None,

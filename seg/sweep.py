@@ -1,4 +1,4 @@
-"""Sweep bookkeeping: config_hash, the resume lookup, job status files and the sweep parent protocol.
+"""Sweep bookkeeping: config_hash, the resume lookup and plan, job status files and the sweep parent protocol.
 
 Every job of a sweep (any launcher: jobs may run in other processes or on other machines) writes
 its outcome to `<sweep_dir>/<job>/job_status.json` (atomically); `SweepSummary`, a Hydra callback
@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from seg.engine import checkpoint
 from seg.engine.checkpoint import write_text_atomic
 
 log = logging.getLogger("segsweep")
@@ -67,6 +68,50 @@ def previous_runs(uri: str, experiment: str, chash: str) -> tuple[Any | None, An
         return finished[0], None
     unfinished = [r for r in runs if r.info.status in ("FAILED", "KILLED", "RUNNING")]
     return None, (unfinished[0] if unfinished else None)
+
+
+def _logged_epochs(uri: str, run_id: str) -> int:
+    """The last epoch (0-based step) of `train/loss` an MLflow run holds; -1 for none."""
+    from seg.tracking import metric_steps
+
+    return max(metric_steps(uri, run_id, "train/loss"), default=-1)
+
+
+def plan_resume(cfg: DictConfig, unfinished, tags: dict) -> dict:
+    """How an unfinished run of this configuration continues -> {"run_id", "ckpt", "folder", "logged"}.
+
+    The newest good state in its checkpoint folder (a damaged last.pt is named and set aside; see
+    seg.engine.checkpoint.resume_state). The MLflow run is reopened only if it holds no epoch beyond
+    that state (so no step is ever logged twice); otherwise a NEW run continues from the state, with
+    the epochs up to it copied from the checkpoint's history, and says which run it replaces.
+    """
+    plan = {"run_id": None, "ckpt": None, "folder": None, "logged": -1}
+    if unfinished is None:
+        return plan
+    old_dir = unfinished.data.tags.get("output_dir")
+    folder = Path(old_dir) / "checkpoints" if old_dir else None
+    ckpt, notes = checkpoint.resume_state(folder) if folder is not None else (None, [])
+    state_epoch = int(ckpt["loop"]["epoch"]) if ckpt is not None else -1
+    logged = _logged_epochs(cfg.tracking.uri, unfinished.info.run_id)
+    copyable = ckpt is not None and ckpt.get("history") is not None and len(ckpt["history"]) == state_epoch + 1
+    if logged > state_epoch and not (state_epoch < 0 or copyable):
+        ckpt, state_epoch, notes = None, -1, notes + ["the checkpoint holds no metric history: starting over"]
+    where = f"after epoch {state_epoch + 1}" if ckpt is not None else "from scratch (no good checkpoint)"
+    same_run = logged <= state_epoch
+    tags["resumed"] = int(unfinished.data.tags.get("resumed", "0")) + 1
+    if notes:
+        tags["resume_note"] = "; ".join(notes)[:5000]
+    if same_run:
+        plan["run_id"] = unfinished.info.run_id
+    else:
+        tags["resumes_run"] = unfinished.info.run_id
+        notes.append(f"MLflow run {unfinished.info.run_id} already logged epoch {logged + 1}: continuing in a new run")
+    log.info("resuming %s: MLflow run %s was %s; continuing %s%s", cfg.tracking.run_name, unfinished.info.run_id,
+             unfinished.info.status, where, "" if same_run else " as a NEW MLflow run (it logged epochs past that state)")
+    for note in notes:
+        log.warning("resume: %s", note)
+    plan.update(ckpt=ckpt, folder=folder, logged=logged if same_run else -1)
+    return plan
 
 
 def sweep_parent_id(cfg: DictConfig, ctx: dict) -> str:

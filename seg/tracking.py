@@ -223,6 +223,11 @@ def search_runs(uri: str, experiment: str, filter_string: str = "") -> list:
     return list(client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=10000))
 
 
+def metric_steps(uri: str, run_id: str, key: str) -> list[int]:
+    """The steps at which a run logged `key` (in logging order)."""
+    return [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)]
+
+
 def runs_with_hash(uri: str, experiment: str, config_hash: str) -> list:
     """Active (not deleted) runs of one configuration, newest first."""
     _ensure_store(uri)
@@ -248,13 +253,18 @@ def sweep_parent(uri: str, experiment: str, sweep_id: str, sweep_dir: Path, info
         experiment_id = get_or_create_experiment(client, experiment, uri)
         tags = {PARENT_TAG: "true", "sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
                 "command": str(info.get("command", ""))[:5000]}
-        run = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags=tags)
+        # a job killed (SLURM requeue, SIGKILL) after creating the parent but before writing id_file left it
+        # in MLflow: it is adopted, not created twice
+        found = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = 'true' and tags.sweep_dir = "
+                                   f"'{sweep_dir}'", max_results=1)
+        run_id = found[0].info.run_id if found else \
+            client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags=tags).info.run_id
         grid = info.get("grid") or {}
         params = [Param(f"grid.{k}", _param_value(v)) for k, v in grid.items()]
         params.append(Param("sweep.overrides", _param_value(" ".join(info.get("overrides", [])) or "-")))
-        client.log_batch(run.info.run_id, params=params)
-        id_file.write_text(run.info.run_id)
-        return run.info.run_id
+        client.log_batch(run_id, params=params)  # an adopted parent may lack them (same values otherwise)
+        id_file.write_text(run_id)
+        return run_id
 
 
 def finish_sweep_parents(sweep_dir: Path, jobs: list[dict]) -> list[str]:

@@ -24,20 +24,19 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from seg.config import build, flatten
+from seg.config import build, flatten, scheduler_patience_warning
 from seg.data import open_dataset
 from seg.engine import checkpoint
 from seg.engine.hooks import Checkpointer, MLflowLogger, NanLossAtEpoch, SigtermAfterEpoch
 from seg.engine.inference import evaluate
 from seg.engine.loop import Fit, Hook, LoopState, NonFiniteWeightsError, check_settings, fit
-from seg.metrics import summarize
+from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
 from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
-from seg.sweep import config_hash, hydra_context, previous_runs, sweep_parent_id, write_job_status
+from seg.sweep import config_hash, hydra_context, plan_resume, previous_runs, sweep_parent_id, write_job_status
 from seg.tracking import Tracker, kill_sweep_parent
 from seg.viz import write_overlay
 
@@ -105,12 +104,6 @@ def _open_data(cfg: DictConfig):
     return open_dataset(cfg.dataset, seed=cfg.seed, cache_dir=cfg.paths.cache)
 
 
-def _logged_epochs(uri: str, run_id: str) -> int:
-    """The last epoch (0-based step) of `train/loss` an MLflow run holds; -1 for none."""
-    steps = [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train/loss")]
-    return max(steps, default=-1)
-
-
 def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
     t = cfg.trainer
     check_settings(t.epochs, t.accumulate, t.grad_clip, t.monitor, t.early_stopping, t.limit_train_batches)
@@ -142,7 +135,7 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
             "overrides": ctx["overrides"], "output_dir": str(out_dir)}
     if "parent_run_id" in job:
         tags["mlflow.parentRunId"] = job["parent_run_id"]
-    resume = _plan_resume(cfg, unfinished, tags)
+    resume = plan_resume(cfg, unfinished, tags)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name, tags,
                       run_id=resume["run_id"])
     job["run_id"] = tracker.run_id
@@ -159,59 +152,12 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
         return _fit_and_test(cfg, tracker, out_dir, device, dtype, resolved, resume, hooks, data)
 
 
-def _plan_resume(cfg: DictConfig, unfinished, tags: dict) -> dict:
-    """How an unfinished run of this configuration continues -> {"run_id", "ckpt", "folder", "logged"}.
-
-    The newest good state in its checkpoint folder (a damaged last.pt is named and set aside; see
-    seg.engine.checkpoint.resume_state). The MLflow run is reopened only if it holds no epoch beyond
-    that state (so no step is ever logged twice); otherwise a NEW run continues from the state, with
-    the epochs up to it copied from the checkpoint's history, and says which run it replaces.
-    """
-    plan = {"run_id": None, "ckpt": None, "folder": None, "logged": -1}
-    if unfinished is None:
-        return plan
-    old_dir = unfinished.data.tags.get("output_dir")
-    folder = Path(old_dir) / "checkpoints" if old_dir else None
-    ckpt, notes = checkpoint.resume_state(folder) if folder is not None else (None, [])
-    state_epoch = int(ckpt["loop"]["epoch"]) if ckpt is not None else -1
-    logged = _logged_epochs(cfg.tracking.uri, unfinished.info.run_id)
-    copyable = ckpt is not None and ckpt.get("history") is not None and len(ckpt["history"]) == state_epoch + 1
-    if logged > state_epoch and not (state_epoch < 0 or copyable):
-        ckpt, state_epoch, notes = None, -1, notes + ["the checkpoint holds no metric history: starting over"]
-    where = f"after epoch {state_epoch + 1}" if ckpt is not None else "from scratch (no good checkpoint)"
-    same_run = logged <= state_epoch
-    tags["resumed"] = int(unfinished.data.tags.get("resumed", "0")) + 1
-    if notes:
-        tags["resume_note"] = "; ".join(notes)[:5000]
-    if same_run:
-        plan["run_id"] = unfinished.info.run_id
-    else:
-        tags["resumes_run"] = unfinished.info.run_id
-        notes.append(f"MLflow run {unfinished.info.run_id} already logged epoch {logged + 1}: continuing in a new run")
-    log.info("resuming %s: MLflow run %s was %s; continuing %s%s", cfg.tracking.run_name, unfinished.info.run_id,
-             unfinished.info.status, where, "" if same_run else " as a NEW MLflow run (it logged epochs past that state)")
-    for note in notes:
-        log.warning("resume: %s", note)
-    plan.update(ckpt=ckpt, folder=folder, logged=logged if same_run else -1)
-    return plan
-
-
-def _restore(ckpt: dict, model, optimizer, scheduler, scaler, generator, dataset) -> LoopState:
-    model.load_state_dict(ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt.get("scheduler") is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    checkpoint.set_rng_state(ckpt["rng"], generator, dataset)
-    state = LoopState.restore(ckpt["loop"], ckpt.get("history"))
-    if "steps" not in ckpt["loop"]:        # a last.pt from before schema 1: it trained every epoch it holds
-        state.steps = state.epoch + 1
-    return state
-
-
 def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved: dict, resume: dict,
                   extra_hooks: Sequence[Hook], data) -> float:
     t = cfg.trainer
+    warning = scheduler_patience_warning(cfg)   # a plateau patience that cannot act before early stopping
+    if warning is not None:
+        log.warning(warning)
     num_classes = int(cfg.dataset.num_classes)
     (out_dir / "split.json").write_text(json.dumps(data.split, indent=1))
     tracker.log_artifact(out_dir / "split.json")
@@ -236,7 +182,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     state = LoopState()
     ckpt = resume["ckpt"]
     if ckpt is not None:
-        state = _restore(ckpt, model, optimizer, scheduler, scaler, generator, data.train)
+        state = LoopState.restore(*checkpoint.restore(ckpt, model, optimizer, scheduler, scaler, generator, data.train))
         old_best = resume["folder"] / checkpoint.BEST
         if old_best.is_file() and old_best.resolve() != saver.best.resolve():
             shutil.copyfile(old_best, saver.best)
@@ -310,7 +256,7 @@ test_pass.__test__ = False    # not a pytest test
 
 
 def _write_cases(path: Path, rows: list[dict]) -> None:
-    fields = ["case_id", "structure", "gt_empty", "pred_empty", "dice", "iou", "hd", "hd95", "assd"]
+    fields = list(CASE_COLUMNS)
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

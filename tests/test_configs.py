@@ -24,7 +24,7 @@ def test_groups_hold_the_documented_choices():
     assert set(choices("dataset")) == {"acdc", "acdc_lv", "acdc_rv", "covid_infection", "covid_lung",
                                        "covid_radiography", "ct_heart", "png_pairs"}
     assert choices("transforms") == ["default", "window"]
-    assert choices("launcher") == ["joblib", "slurm", "submitit_local"]
+    assert choices("launcher") == ["joblib", "slurm", "slurm_local", "submitit_local"]
     assert choices("hparams") == ["optuna"]
     assert choices("optimizer") == ["adam", "adamw", "sgd"]
     assert choices("scheduler") == ["cosine", "none", "plateau", "poly"]

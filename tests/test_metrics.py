@@ -1,11 +1,11 @@
-"""Metric semantics of DESIGN.md, pinned on hand-computed cases (seg/metrics.py)."""
+"""Metric semantics of docs/metrics.md, pinned on hand-computed cases (seg/metrics.py)."""
 import math
 
 import numpy as np
 import pytest
 
-from seg.metrics import (assd, case_metrics, dice, empty_penalty, hausdorff, iou, structure_rows, summarize,
-                         surface_distances)
+from seg.metrics import (CASE_COLUMNS, assd, case_metrics, dice, empty_penalty, hausdorff, hd95_pooled, iou,
+                         structure_rows, summarize, surface_distances)
 
 
 def square(shape, r0, c0, size):
@@ -201,7 +201,7 @@ def test_structure_rows_equal_case_metrics_per_structure(shape, spacing, dtype):
             expected = case_metrics(p, g, spacing)
             assert row["dice"] == expected["dice"] or math.isnan(row["dice"]) and math.isnan(expected["dice"])
             assert row["iou"] == expected["iou"] or math.isnan(row["iou"]) and math.isnan(expected["iou"])
-            for key in ("hd", "hd95", "assd"):
+            for key in ("hd", "hd95", "hd95_pooled", "assd"):
                 assert row[key] == pytest.approx(expected[key], abs=1e-9, nan_ok=True)
         no_distances = structure_rows("c", pred, gt, names, spacing, distances=False)
         assert [set(r) for r in no_distances] == [{"case_id", "structure", "gt_empty", "pred_empty", "dice", "iou"}] * 3
@@ -212,6 +212,35 @@ def test_structure_rows_bad_input_is_named():
         structure_rows("c", np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8), ["a"])
     with pytest.raises(ValueError, match="spacing"):
         structure_rows("c", square((8, 8), 1, 1, 2), square((8, 8), 2, 2, 2), ["a"], spacing=(1.0,))
+
+
+def test_hd95_pooled_by_hand_and_beside_hd95():
+    """Pooled 95th percentile of both directed sets (medpy) vs the max of the two directed ones (MONAI)."""
+    gt = np.zeros((1, 12), bool)
+    gt[0, 0] = True                                          # one boundary element at x = 0
+    pred = np.zeros((1, 12), bool)
+    pred[0, [0, 10]] = True                                  # at 0 and 10: pred -> gt {0, 10}, gt -> pred {0}
+    # pooled {0, 10, 0}: linear percentile at position 0.95 * 2 = 1.9 between sorted 0, 0, 10 -> 0 + 0.9 * 10 = 9
+    assert hd95_pooled(pred, gt) == pytest.approx(9.0)
+    # max of directed: pred -> gt {0, 10}: 0.95 * 1 -> 9.5; gt -> pred {0}: 0
+    assert hausdorff(pred, gt, percentile=95) == pytest.approx(9.5)
+    assert hd95_pooled(pred, gt, spacing=(1.0, 0.5)) == pytest.approx(4.5)       # spacing scales distances
+    z = np.zeros((8, 8), bool)
+    assert math.isnan(hd95_pooled(z, z))
+    assert hd95_pooled(square((8, 8), 1, 1, 2), z, (2.0, 1.0)) == empty_penalty((8, 8), (2.0, 1.0))
+    assert case_metrics(pred, gt)["hd95_pooled"] == pytest.approx(9.0)
+
+
+def test_case_rows_and_summary_carry_hd95_pooled():
+    gt = np.zeros((10, 10), np.uint8)
+    gt[2:6, 2:6] = 1
+    pred = np.zeros((10, 10), np.uint8)
+    pred[3:8, 2:6] = 1
+    rows = structure_rows("a.png", pred, gt, ["lesion"], (0.5, 0.5))
+    assert tuple(rows[0]) == CASE_COLUMNS                   # the order of cases.csv's columns
+    assert rows[0]["hd95_pooled"] == pytest.approx(hd95_pooled(pred == 1, gt == 1, (0.5, 0.5)))
+    s = summarize(rows, ["lesion"])
+    assert s["hd95_pooled"] == pytest.approx(rows[0]["hd95_pooled"]) and s["hd95_pooled_n"] == 1
 
 
 def _row(case, structure, dice, gt_empty=False, pred_empty=False):

@@ -6,7 +6,7 @@ after cropping to the union's bounding box plus a one-voxel zero margin, and mea
 Euclidean distances in mm (a k-d tree on the spacing-scaled edge coordinates, on CPU), in float32.
 That is our definition, so wherever both masks are non-empty every value agrees within 1e-4 mm
 (float32 rounding). Where a mask is empty MONAI returns NaN / inf, pinned below next to our
-contract's values (DESIGN.md, "Metric semantics").
+contract's values (docs/metrics.md, "Metric contract").
 """
 import math
 import warnings

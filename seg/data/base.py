@@ -70,6 +70,7 @@ class Reference:
     dice: dict
     source: str
     note: str = ""
+    hd95: str = ""      # which HD95 definition the paper reports, where it reports one (docs/metrics.md)
 
 
 @dataclass(frozen=True)

@@ -283,3 +283,16 @@ def resume_state(folder: str | Path) -> tuple[dict | None, list[str]]:
         return ckpt, notes
     return None, notes
 
+
+def restore(ckpt: dict, model, optimizer, scheduler, scaler, loader_generator, dataset) -> tuple[dict, list | None]:
+    """Load a resumable last.pt (resume_state's result) into the run's objects and random streams ->
+    (the loop state dict, the per-epoch history)."""
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"], loader_generator, dataset)
+    loop = dict(ckpt["loop"])
+    loop.setdefault("steps", int(loop.get("epoch", -1)) + 1)   # before schema 1: it trained every epoch it holds
+    return loop, ckpt.get("history")

@@ -6,8 +6,11 @@ MODEL is one of
   - a checkpoint file (`checkpoints/best.pt` of a run: {"state_dict", "config", ...}), or a run's
     output folder holding it;
   - an MLflow run id (32 hex digits): its `checkpoints/best.pt` artifact is downloaded;
-  - `best:<experiment>:<metric>`: the FINISHED run of that experiment with the best test metric
-    (`dice` means `test/dice`; higher is better except for hd / hd95 / assd / fpr / loss).
+  - `best:<experiment>:<metric>[@KEY=VALUE...]`: chosen on validation only (seg.report.runs.best_by_validation):
+    the configuration with the best mean `best/val/<metric>` over its seeds (`dice` means val/dice; test
+    metrics are refused), then its seed with the best value; `@sweep_id=<ID>` keeps one sweep (default:
+    every sweep), any other `@KEY=VALUE` keeps runs with that tag. Smoke runs (trainer.limit_train_batches
+    or debug.* set) are chosen only when no other run matches.
   The tracking URI is `--tracking-uri`, else $MLFLOW_TRACKING_URI, else the project default
   (sqlite:///<project>/mlruns/mlflow.db).
 

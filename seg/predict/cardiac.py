@@ -6,7 +6,7 @@ import math
 import re
 from pathlib import Path
 
-from seg.data import acdc as acdc_reader
+from seg.data.datasets import acdc as acdc_reader
 from seg.predict.outputs import num
 
 log = logging.getLogger("seg.predict")

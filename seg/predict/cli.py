@@ -106,9 +106,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m seg.predict",
         description="Segment DICOM files / series, NIfTI volumes and PNG / JPEG images with a trained run.",
-        epilog="MODEL: checkpoint file | MLflow run id | best:<experiment>:<metric> (e.g. best:phantom_xray:dice). "
+        epilog="MODEL: checkpoint file | MLflow run id | best:<experiment>:<metric>[@KEY=VALUE...], chosen on "
+               "validation (e.g. best:phantom_xray:dice@sweep_id=2026-11-26_13-46-28). "
                "Outputs per input in --out: <name>_label.png|.nii.gz, <name>_overlay.png; and predictions.csv.")
-    parser.add_argument("model", metavar="MODEL", help="checkpoint path, MLflow run id or best:<experiment>:<metric>")
+    parser.add_argument("model", metavar="MODEL", help="checkpoint path, MLflow run id or best:<experiment>:<val metric>[@sweep_id=ID]")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
                         help="DICOM file or series folder, .nii/.nii.gz, .png/.jpg, or a folder of them")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")

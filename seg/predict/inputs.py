@@ -10,7 +10,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from seg.data import acdc as acdc_reader
+from seg.data.io.nifti import read_nifti
 from seg.data.io.dicom import read_dicom, read_dicom_series
 from seg.data.io.png import read_png
 from seg.predict.cardiac import acdc_phases
@@ -167,7 +167,7 @@ def load_job(job: Job) -> Loaded:
         return Loaded(vol.pixels, tuple(vol.spacing), True, nifti=(affine, None, vol.pixels.shape[::-1]),
                       meta={"modality": vol.modality})
     path = job.paths[0]
-    volume = acdc_reader.read_nifti(path)
+    volume = read_nifti(path)
     header = nib.load(path).header
     array, frames = volume.array, 1
     if array.ndim == 4:                          # cine (t, z, y, x): every frame, slice by slice

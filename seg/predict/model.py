@@ -5,7 +5,6 @@ the run's own `amp` setting (seg.runtime.amp_dtype), not always fp16."""
 from __future__ import annotations
 
 import logging
-import math
 import re
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from seg.runtime import amp_dtype
 log = logging.getLogger("seg.predict")
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-LOWER_IS_BETTER = ("hd", "hd95", "assd", "fpr", "loss")
 
 
 class ModelError(ValueError):
@@ -102,30 +100,36 @@ def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Mode
     return Model(net.to(device).eval(), config, num_classes, image_size, names, reader, source, transform, amp, dtype)
 
 
-def _lower_is_better(metric: str) -> bool:
-    return metric.rsplit("/", 1)[-1].split("_")[0] in LOWER_IS_BETTER
-
-
 def best_run(uri: str, experiment: str, metric: str):
-    """The FINISHED run of `experiment` with the best `metric` (newest first on ties)."""
-    from seg.tracking import search_runs
+    """The run `best:<experiment>:<metric>[@KEY=VALUE...]` names, chosen on validation only.
 
-    key = metric if "/" in metric else f"test/{metric}"
-    runs = search_runs(uri, experiment, "attributes.status = 'FINISHED'")
-    if not runs:
-        raise ModelError(f"best:{experiment}:{metric}: no FINISHED runs in MLflow experiment {experiment!r} "
-                         f"at {uri}")
-    scored = [(r.data.metrics[key], r) for r in runs
-              if key in r.data.metrics and math.isfinite(r.data.metrics[key])]
-    if not scored:
-        some = sorted({k for r in runs for k in r.data.metrics if k.startswith("test/")})[:12]
-        raise ModelError(f"best:{experiment}:{metric}: no FINISHED run of {experiment!r} has metric {key!r}; "
-                         f"test metrics there: {', '.join(some) or 'none'}")
-    pick = min if _lower_is_better(key) else max
-    value, run = pick(scored, key=lambda vr: vr[0])
-    log.info("best:%s:%s -> run %s (%s), %s = %.4f of %d runs", experiment, metric, run.info.run_id,
-             run.info.run_name, key, value, len(scored))
-    return run
+    metric: `dice` / `iou` (meaning val/dice, val/iou) or `val/<name>`; test metrics are refused. Each
+    `@KEY=VALUE` keeps runs whose tag KEY equals VALUE (`@sweep_id=<ID>` one sweep; default: every sweep).
+    The configuration (model x loss x settings) with the best mean best/<metric> over its seeds, then its
+    seed with the best best/<metric>: seg.report.runs.best_by_validation (smoke runs only if nothing else).
+    """
+    from seg.report.runs import ReportError, best_by_validation
+
+    metric, *filters = metric.split("@")
+    tags = {}
+    for item in filters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ModelError(f"best:{experiment}:{metric}@{item}: expected @KEY=VALUE filters, e.g. "
+                             f"best:{experiment}:dice@sweep_id=2026-11-26_13-46-28")
+        tags[key] = value
+    monitor = metric if "/" in metric else f"val/{metric}"
+    sweep = tags.pop("sweep_id", None)
+    try:
+        run, config = best_by_validation(uri, experiment, monitor, sweep_id=sweep, tags=tags)
+    except ReportError as err:
+        raise ModelError(f"best:{experiment}:{metric}: {err}") from None
+    log.info("best:%s:%s -> run %s (%s) of %s, best/%s = %.4f (mean over %d seed(s) %.4f)", experiment, metric,
+             run.run_id, run.name, config.label, monitor, run.metrics[f"best/{monitor}"], len(config.runs),
+             config.val(monitor))
+    from seg.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(run.run_id)
 
 
 def resolve_model(spec: str, device: torch.device, uri: str | None = None) -> Model:

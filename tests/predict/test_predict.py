@@ -433,14 +433,17 @@ def test_run_id_and_best_of_experiment_resolve_to_the_logged_checkpoint(ckpts, t
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     runs = {}
-    for seed, dice, hd95 in ((1, 0.40, 30.0), (2, 0.70, 50.0), (3, 0.55, 20.0)):
+    # best: selects on validation (best/val/dice; seg.report.runs.best_by_validation), never on test:
+    # seed 1 has the worst test Dice and the best validation Dice; seed 3 is alone in sweep B
+    for seed, val, dice, sweep in ((1, 0.80, 0.40, "A"), (2, 0.60, 0.70, "A"), (3, 0.50, 0.55, "B")):
         path = _checkpoint("phantom_xray", tmp_path / f"s{seed}" / "best.pt", seed=seed)
-        with Tracker(uri, "phantom_xray", f"unet-dice-s{seed}", {"seed": seed}) as tracker:
+        tags = {"seed": seed, "model": "unet", "loss": f"dice{seed}", "sweep_id": sweep}
+        with Tracker(uri, "phantom_xray", f"unet-dice-s{seed}", tags) as tracker:
             tracker.log_artifact(path, "checkpoints")
-            tracker.log_metrics({"test/dice": dice, "test/hd95": hd95})
+            tracker.log_metrics({"test/dice": dice, "test/hd95": 20.0, "best/val/dice": val})
         runs[seed] = (tracker.run_id, torch.load(path, weights_only=True)["state_dict"])
     with pytest.raises(RuntimeError), Tracker(uri, "phantom_xray", "failed-s9", {}) as tracker:
-        tracker.log_metrics({"test/dice": 0.99, "test/hd95": 1.0})      # best metrics, but FAILED: never chosen
+        tracker.log_metrics({"test/dice": 0.99, "best/val/dice": 0.99})   # best metrics, but FAILED: never chosen
         raise RuntimeError("this run failed")
 
     def weights_of(spec):
@@ -451,13 +454,16 @@ def test_run_id_and_best_of_experiment_resolve_to_the_logged_checkpoint(ckpts, t
         return all(torch.equal(a[k], b[k]) for k in b)
 
     assert same(weights_of(runs[1][0]), runs[1][1])                         # a run id
-    assert same(weights_of("best:phantom_xray:dice"), runs[2][1])           # highest dice
-    assert same(weights_of("best:phantom_xray:test/hd95"), runs[3][1])      # lowest HD95
+    assert same(weights_of("best:phantom_xray:dice"), runs[1][1])           # highest validation Dice
+    assert same(weights_of("best:phantom_xray:val/dice@sweep_id=B"), runs[3][1])   # within sweep B
+    assert same(weights_of("best:phantom_xray:dice@loss=dice2"), runs[2][1])       # a tag filter
     out = tmp_path / "out"
     assert main(["best:phantom_xray:dice", str(CT_SMALL), "--out", str(out)]) == 0
     assert (out / "CT_small_label.png").is_file()
-    for spec, message in (("best:phantom_xray:nosuch", "no FINISHED run of 'phantom_xray' has metric 'test/nosuch'"),
-                          ("best:nope:dice", "no FINISHED runs in MLflow experiment 'nope'"),
+    for spec, message in (("best:phantom_xray:nosuch", "has metric 'best/val/nosuch'; best/ metrics there: best/val/dice"),
+                          ("best:phantom_xray:test/hd95", "selection uses validation metrics only"),
+                          ("best:phantom_xray:dice@sweep_id=C", "no runs match (experiment=phantom_xray, sweep_id=C"),
+                          ("best:nope:dice", "--experiment 'nope': no such experiment"),
                           ("0" * 32, "not found"),
                           ("no_such_file.pt", "no such checkpoint file")):
         assert main([spec, str(CT_SMALL), "--out", str(out)]) == 2
