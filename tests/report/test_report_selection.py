@@ -61,7 +61,7 @@ def store(empty_store, tmp_path_factory, synth):
 
 
 def test_hash_excluded_keys_are_seg_train_s():
-    from seg.train import HASH_EXCLUDED
+    from seg.sweep import HASH_EXCLUDED
 
     assert rr.HASH_EXCLUDED == HASH_EXCLUDED
 
