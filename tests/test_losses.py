@@ -214,3 +214,19 @@ def test_ignore_index_in_multiclass_and_dice():
     binary[0, 0, 1] = 255
     assert FocalLoss(1, gamma=0.0, ignore_index=255)(LOGITS, binary).item() == pytest.approx(
         (math.log(2) + math.log(1 + math.e ** -1) + math.log(2)) / 3, abs=1e-6)
+
+
+def test_two_classes_is_softmax_cross_entropy_with_two_weights():
+    logits = torch.tensor([[0.0, 1.0], [2.0, -1.0]]).T.reshape(1, 2, 1, 2)       # pixels (0, 1) and (2, -1)
+    target = torch.tensor([[[1, 1]]])
+    nll = [_nll([0.0, 1.0], 1), _nll([2.0, -1.0], 1)]
+    assert CrossEntropyLoss(2)(logits, target).item() == pytest.approx(sum(nll) / 2, abs=1e-6)
+    loss = CrossEntropyLoss(2, class_weights=[0.5, 2.0], reduction="sum")
+    assert loss(logits, target).item() == pytest.approx(2.0 * sum(nll), abs=1e-6)
+
+
+def test_binary_cross_entropy_reductions_sum_and_none():
+    terms = [math.log(2), math.log(1 + math.e ** 2), math.log(1 + math.e ** -1), math.log(2)]
+    assert CrossEntropyLoss(1, reduction="sum")(LOGITS, TARGET).item() == pytest.approx(sum(terms), abs=1e-6)
+    none = CrossEntropyLoss(1, reduction="none")(LOGITS, TARGET)
+    assert none.shape == (1, 2, 2) and none.flatten().tolist() == pytest.approx(terms, abs=1e-6)
