@@ -230,3 +230,28 @@ def test_binary_cross_entropy_reductions_sum_and_none():
     assert CrossEntropyLoss(1, reduction="sum")(LOGITS, TARGET).item() == pytest.approx(sum(terms), abs=1e-6)
     none = CrossEntropyLoss(1, reduction="none")(LOGITS, TARGET)
     assert none.shape == (1, 2, 2) and none.flatten().tolist() == pytest.approx(terms, abs=1e-6)
+
+
+@pytest.mark.parametrize("num_classes,alpha", [(1, 0.0), (1, 1.0), (1, 0.25), (2, [0.5, 0.5]), (3, [1.0, 2.0, 3.0])])
+def test_focal_alpha_accepted(num_classes, alpha):
+    assert FocalLoss(num_classes, alpha=alpha).alpha.tolist() == pytest.approx(alpha)
+
+
+@pytest.mark.parametrize("num_classes,alpha,message", [
+    (1, 1.5, "binary focal loss expects a float in [0, 1]"),
+    (1, -0.1, "binary focal loss expects a float in [0, 1]"),
+    (1, [0.5], "binary focal loss expects a float in [0, 1]"),
+    (2, 0.5, "multiclass focal loss expects 2 class weights"),
+    (3, 0.5, "multiclass focal loss expects 3 class weights"),
+    (3, [1.0, 2.0], "multiclass focal loss expects 3 class weights"),
+])
+def test_focal_alpha_refused_naming_what_is_expected(num_classes, alpha, message):
+    with pytest.raises(ValueError) as err:
+        FocalLoss(num_classes, alpha=alpha)
+    assert message in str(err.value)
+
+
+def test_weighted_sum_without_weights_is_the_plain_sum():
+    ce, dice = CrossEntropyLoss(1), DiceLoss(1)
+    total = WeightedSum({"ce": ce, "dice": dice})(LOGITS, TARGET).item()
+    assert total == pytest.approx(ce(LOGITS, TARGET).item() + dice(LOGITS, TARGET).item(), abs=1e-6)
