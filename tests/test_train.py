@@ -42,7 +42,7 @@ def batches(phantom_cache):
 @pytest.mark.parametrize("model", MODELS)
 def test_forward_backward_every_model_loss_task(batches, model, loss, task):
     _, x, y = batches[task]
-    cfg = compose_cfg([f"model={model}", f"loss={loss}", f"dataset={task}", "profile.image_size=32"])
+    cfg = compose_cfg([f"model={model}", f"loss={loss}", f"dataset={DATASET[task]}", "profile.image_size=32"])
     net, loss_fn = build(cfg.model), build(cfg.loss)
     logits = net(x)
     assert logits.shape == (x.shape[0], cfg.dataset.num_classes, 32, 32)
