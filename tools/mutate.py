@@ -38,7 +38,11 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
                 [f"seg.metrics.x_{f}*" for f in ("dice", "iou", "empty_penalty", "_percentile", "_hd", "_assd",
                                                  "case_metrics", "_label_map", "structure_rows", "summarize")]),
     "losses": (["seg/losses.py"], ["tests/test_losses.py"], ["seg.losses.*"]),
-    "sweep": (["seg/sweep.py"], ["tests/test_sweeps.py"],
+    "sweep": (["seg/sweep.py"], [f"tests/test_sweeps.py::{t}" for t in (
+        "test_config_hash_ignores_sweep_mechanics_not_settings", "test_config_hash_changes_with_the_scheduler",
+        "test_config_hash_survives_a_moved_project_or_cache_but_not_another_dataset",
+        "test_config_hash_replaces_each_path_by_its_placeholder",
+        "test_previous_runs_prefers_a_finished_run_then_the_newest_unfinished")],
               ["seg.sweep.x_config_hash*", "seg.sweep.x_previous_runs*", "seg.sweep.x_read_jobs*"]),
     "checkpoint": (["seg/engine/checkpoint.py", "seg/engine/hooks.py"],
                    ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"],
