@@ -74,7 +74,7 @@ def _ignore(_dir, names):
 def prepare(name: str) -> Path:
     """A fresh scratch copy of the project with a pyproject.toml that configures mutmut for `name`."""
     files, tests, _ = MODULES[name]
-    missing = [p for p in files + tests if not (ROOT / p).exists()]
+    missing = [p for p in files + tests if not (ROOT / p.split("::")[0]).exists()]
     if missing:
         raise SystemExit(f"mutate {name}: {', '.join(missing)} not found in {ROOT} (MODULES in {__file__})")
     work = OUT / name
