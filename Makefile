@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 5000
 ARGS   ?=
+MODULES ?=
 DATASET ?= covid_infection
 ROOT   ?=
 SWEEP  := experiment=covid_arch_x_loss
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep test test-all ui summary bench report check-data predict clean
+.PHONY: help install run sweep test test-all mutate ui summary bench report check-data predict clean
 .PHONY: cluster-up cluster-down test-cluster
 
 help:  ## list the targets
@@ -37,6 +38,9 @@ test: $(STAMP)  ## the fast test suite (under 5 minutes on 2 cores)
 
 test-all: $(STAMP)  ## every test, the slow end-to-end ones included
 	$(PY) -m pytest -q
+
+mutate: $(STAMP)  ## mutation testing (mutmut) of metrics, losses, checkpoints, loop, transforms, splits, sweep, report stats -> outputs/mutate/report.md (MODULES='metrics losses' for some; long: not part of make test)
+	nice -n 10 $(PY) tools/mutate.py $(MODULES)
 
 ui: $(STAMP)  ## MLflow UI on 127.0.0.1 (PORT=5000 by default)
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlruns/mlflow.db" --host 127.0.0.1 --port $(PORT)

@@ -241,3 +241,33 @@ def test_case_rows_and_summary_carry_hd95_pooled():
     assert rows[0]["hd95_pooled"] == pytest.approx(hd95_pooled(pred == 1, gt == 1, (0.5, 0.5)))
     s = summarize(rows, ["lesion"])
     assert s["hd95_pooled"] == pytest.approx(rows[0]["hd95_pooled"]) and s["hd95_pooled_n"] == 1
+
+
+def _row(case, structure, dice, gt_empty=False, pred_empty=False):
+    return {"case_id": case, "structure": structure, "dice": dice, "gt_empty": gt_empty, "pred_empty": pred_empty}
+
+
+def test_summarize_headline_is_the_mean_of_structure_means_not_the_pooled_mean():
+    """Structures with different numbers of valid cases: a = 1.0, 0.5, 0.0 (mean 0.5), b = 0.9 and two NaN
+    (empty ground truth, empty prediction), c = NaN only. Headline (0.5 + 0.9) / 2 = 0.7, not the pooled
+    (1.0 + 0.5 + 0.0 + 0.9) / 4 = 0.6; false-positive rate on empty ground truth 1/1 for a, 0/2 for b, 0/1 for c."""
+    from seg.metrics import summarize
+
+    rows = [_row("c1", "a", 1.0), _row("c2", "a", 0.5), _row("c3", "a", 0.0, gt_empty=True),
+            _row("c1", "b", 0.9), _row("c2", "b", math.nan, True, True), _row("c3", "b", math.nan, True, True),
+            _row("c1", "c", math.nan, True, True)]
+    s = summarize(rows, ["a", "b", "c"], metrics=("dice",))
+    assert s["dice"] == pytest.approx(0.7)
+    assert s["dice_a"] == pytest.approx(0.5) and s["dice_b"] == pytest.approx(0.9) and math.isnan(s["dice_c"])
+    assert s["dice_a_std"] == pytest.approx(math.sqrt(1 / 6)) and s["dice_b_std"] == 0.0
+    assert (s["dice_a_n"], s["dice_b_n"], s["dice_c_n"], s["dice_n"]) == (3, 1, 0, 4)
+    assert (s["fpr_empty_a"], s["fpr_empty_b"], s["fpr_empty_c"]) == (1.0, 0.0, 0.0)
+    assert s["fpr_empty"] == pytest.approx(0.25) and s["n_cases"] == 3
+
+
+def test_summarize_without_empty_cases_or_valid_values_gives_nan_not_zero():
+    from seg.metrics import summarize
+
+    s = summarize([_row("c1", "a", math.nan, gt_empty=False, pred_empty=True)], ["a"], metrics=("dice",))
+    assert math.isnan(s["dice"]) and math.isnan(s["dice_a"]) and s["dice_n"] == 0
+    assert math.isnan(s["fpr_empty_a"]) and math.isnan(s["fpr_empty"]) and s["n_cases"] == 1

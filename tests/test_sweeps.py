@@ -82,6 +82,88 @@ def test_config_hash_ignores_sweep_mechanics_not_settings():
     assert {"resume", "debug", "threads", "seeds"} <= set(HASH_EXCLUDED)
 
 
+def test_config_hash_changes_with_the_scheduler():
+    h = lambda o: config_hash(compose_resolved(["model=unet", "loss=dice"] + o), [])
+    base = h([])
+    assert len({base, h(["scheduler=cosine"]), h(["scheduler=none"]), h(["scheduler.patience=3"])}) == 4
+
+
+def _moved(machine: str, dataset_root: str) -> str:
+    """config_hash of one configuration on `machine`: project, cache and dataset root all under it."""
+    cache, root = f"/{machine}/cache", f"/{machine}/project"
+    resolved = compose_resolved(["model=unet", "loss=dice", f"paths.cache={cache}", f"paths.root={root}",
+                                 f"dataset.root={dataset_root.format(cache=cache, root=root)}"])
+    return config_hash(resolved, [cache, root])
+
+
+@pytest.mark.parametrize("dataset_root", ["{root}/data/covid", "{cache}/phantom/covid"])
+def test_config_hash_survives_a_moved_project_or_cache_but_not_another_dataset(dataset_root):
+    assert _moved("m1", dataset_root) == _moved("m2/other", dataset_root)
+    assert _moved("m1", dataset_root) != _moved("m1", dataset_root + "_v2")
+
+
+def test_config_hash_replaces_each_path_by_its_placeholder():
+    resolved = {"dataset": {"root": "/a/proj/data"}, "cache_dir": "/a/cache/x", "paths": {"root": "/elsewhere"}}
+    import hashlib
+    import json as _json
+
+    text = _json.dumps({"cache_dir": "<path0>/x", "dataset": {"root": "<path1>/data"}}, sort_keys=True)
+    assert config_hash(resolved, ["/a/cache", "/a/proj"]) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Reached(Exception):
+    """Raised by the patched data loader: the run went on to train."""
+
+
+@pytest.mark.parametrize("resume,trains", [(False, True), (True, False)])
+def test_resume_false_trains_a_finished_configuration_again_in_process(tmp_path, monkeypatch, resume, trains):
+    """A FINISHED run with the same config_hash exists: resume=true skips the job (its best value
+    returned, job_status SKIPPED), resume=false goes on to open the data and train."""
+    from types import SimpleNamespace
+
+    import seg.train
+
+    finished = SimpleNamespace(info=SimpleNamespace(run_id="r1", status="FINISHED"),
+                               data=SimpleNamespace(metrics={"best/val/dice": 0.75}, tags={"sweep_id": "s0"}))
+    lookups = []
+    monkeypatch.setattr(seg.train, "previous_runs", lambda uri, exp, chash: lookups.append(chash) or (finished, None))
+
+    def reached(cfg):
+        raise _Reached("training")
+
+    monkeypatch.setattr(seg.train, "_open_data", reached)
+    cfg = compose_cfg(["model=unet", "loss=dice", f"resume={str(resume).lower()}", f"paths.output={tmp_path}",
+                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    if trains:
+        with pytest.raises(_Reached):
+            seg.train.run(cfg)
+        assert lookups == []
+    else:
+        assert seg.train.run(cfg) == 0.75 and len(lookups) == 1
+        (status,) = tmp_path.glob("runs/*/job_status.json")
+        job = json.loads(status.read_text())
+        assert job["status"] == "SKIPPED" and job["run_id"] == "r1" and job["config_hash"] == lookups[0]
+
+
+def test_previous_runs_prefers_a_finished_run_then_the_newest_unfinished(monkeypatch):
+    from types import SimpleNamespace
+
+    import seg.sweep
+    import seg.tracking
+
+    def run(i, status):
+        return SimpleNamespace(info=SimpleNamespace(run_id=i, status=status))
+
+    found = {"h1": [run("a", "FAILED"), run("b", "FINISHED"), run("c", "FINISHED")],
+             "h2": [run("d", "SCHEDULED"), run("e", "KILLED"), run("f", "FAILED")], "h3": []}
+    monkeypatch.setattr(seg.tracking, "runs_with_hash", lambda uri, exp, chash: found[chash])
+    done, unfinished = seg.sweep.previous_runs("u", "x", "h1")
+    assert done.info.run_id == "b" and unfinished is None
+    done, unfinished = seg.sweep.previous_runs("u", "x", "h2")
+    assert done is None and unfinished.info.run_id == "e"
+    assert seg.sweep.previous_runs("u", "x", "h3") == (None, None)
+
+
 def test_joblib_launcher_splits_the_cores_between_jobs():
     cores = os.cpu_count() or 1
     assert cpu_share(1) == cores and cpu_share(2) == max(1, cores // 2) and cpu_share(10 * cores) == 1

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import numpy as np
@@ -206,3 +207,45 @@ def test_evaluate_batches_2d_cases_and_scores_each_like_predict():
         alone = predict(net, c, torch.device("cpu"), None, 1)
         assert kept_case is c and pred.shape == c.label.shape
         assert (pred == alone).mean() > 0.999          # same labels as one case at a time (float noise aside)
+
+
+def test_the_test_pass_scores_the_best_epochs_weights_not_the_last(tmp_path, phantom_cache, monkeypatch):
+    """In process, val Dice scripted to 0.2, 0.6, 0.4: the test split is scored with epoch 2's weights
+    (those in best.pt), and best/epoch, best/val/dice say so."""
+    import seg.train
+    from seg.engine import checkpoint
+    from seg.engine.loop import Hook
+
+    values = iter([0.2, 0.6, 0.4])
+    monkeypatch.setattr("seg.engine.loop.summarize",
+                        lambda rows, names, metrics=("dice", "iou"): {"dice": (v := next(values)), "iou": v / 2})
+    monkeypatch.setattr("seg.engine.loop.evaluate", lambda *a, **kw: ([], []))   # validation: scripted above
+
+    class Snapshots(Hook):
+        weights: dict = {}
+
+        def on_checkpoint(self, ctx, improved):
+            self.weights[ctx.state.epoch] = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+
+    tested = {}
+    real_test_pass = seg.train.test_pass
+
+    def recording_test_pass(model, data, *args, **kw):   # scores one test case (the weights are what matter)
+        tested.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_test_pass(model, SimpleNamespace(test=data.test[:1], class_names=data.class_names), *args, **kw)
+
+    monkeypatch.setattr(seg.train, "test_pass", recording_test_pass)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg(["profile.image_size=32", "profile.epochs=3", "trainer.early_stopping=0",
+                       "trainer.limit_train_batches=1", "tracking.overlays=0", f"tracking.uri={uri}",
+                       f"paths.output={tmp_path}/outputs", "resume=false"])
+    snaps = Snapshots()
+    assert seg.train.run(cfg, hooks=[snaps]) == pytest.approx(0.6)
+    (run,) = search_runs(uri, cfg.tracking.experiment)
+    best = checkpoint.load(Path(run.data.tags["output_dir"]) / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1 and run.data.metrics["best/epoch"] == 2
+    assert run.data.metrics["best/val/dice"] == pytest.approx(0.6)
+    assert tested.keys() == snaps.weights[1].keys()
+    for name, tensor in tested.items():
+        assert torch.equal(tensor, snaps.weights[1][name]) and torch.equal(tensor, best["state_dict"][name]), name
+    assert any(not torch.equal(tested[k], snaps.weights[2][k]) for k in tested)

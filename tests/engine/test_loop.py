@@ -150,3 +150,56 @@ def test_bad_trainer_settings_are_refused_naming_the_key(key, value, message):
     with pytest.raises(ValueError) as err:
         fit(_fit(Recorder(), train, cases, epochs=epochs, **kw))
     assert message in str(err.value)
+
+
+class Snapshots(Hook):
+    """The model's weights at each checkpoint point (after that epoch's training), by epoch."""
+
+    def __init__(self):
+        self.weights: dict[int, dict] = {}
+
+    def on_checkpoint(self, ctx, improved):
+        self.weights[ctx.state.epoch] = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+
+
+def _scripted_validation(monkeypatch, values):
+    """seg.engine.loop's validation summary returns `values` in turn (val Dice; IoU = Dice / 2)."""
+    it = iter(values)
+
+    def summarize(rows, class_names, metrics=("dice", "iou")):
+        v = next(it)
+        return {"dice": v, "iou": v / 2, "n_cases": len(rows)}
+
+    monkeypatch.setattr("seg.engine.loop.summarize", summarize)
+
+
+@pytest.mark.parametrize("monitor,best_value", [("val/dice", 0.6), ("val/iou", 0.3)])
+def test_best_pt_holds_the_peak_epoch_not_the_last(tmp_path, monkeypatch, monitor, best_value):
+    """Val Dice 0.2, 0.6, 0.4: best.pt must hold epoch 2's weights and value, not epoch 3's (the last)."""
+    from seg.engine import checkpoint
+    from seg.engine.hooks import Checkpointer
+
+    _scripted_validation(monkeypatch, [0.2, 0.6, 0.4])
+    torch.manual_seed(0)
+    train, cases = _data(n_train=2)
+    snaps = Snapshots()
+    saver = Checkpointer(tmp_path / "ckpt", {"amp": "off"}, None)
+    state = fit(_fit(Recorder(), train, cases, hooks=[snaps, saver], epochs=3, monitor=monitor))
+    assert state.best == pytest.approx(best_value) and state.best_epoch == 1 and state.stale == 1
+    best = checkpoint.load(saver.best)
+    assert best["epoch"] == 1 and best["value"] == pytest.approx(best_value) and best["monitor"] == monitor
+    for name, tensor in best["state_dict"].items():
+        assert torch.equal(tensor, snaps.weights[1][name]), name
+    assert any(not torch.equal(best["state_dict"][k], snaps.weights[2][k]) for k in snaps.weights[2])
+    last = checkpoint.load(saver.last)
+    assert last["epoch"] == 2 and all(torch.equal(last["state_dict"][k], v) for k, v in snaps.weights[2].items())
+    assert [h["val/dice"] for h in state.history] == [0.2, 0.6, 0.4]
+
+
+def test_early_stopping_counts_epochs_without_improvement(monkeypatch):
+    """Val Dice 0.5, 0.4, 0.45, 0.3, ...: with early_stopping=2 the run stops after epoch 3 (0.4, 0.45 < 0.5)."""
+    _scripted_validation(monkeypatch, [0.5, 0.4, 0.45, 0.3, 0.9])
+    torch.manual_seed(0)
+    train, cases = _data(n_train=1)
+    state = fit(_fit(Recorder(), train, cases, epochs=5, early_stopping=2))
+    assert state.epoch == 2 and state.best == 0.5 and state.best_epoch == 0 and state.stale == 2
