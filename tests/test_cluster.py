@@ -18,7 +18,7 @@ from seg import PROJECT_ROOT
 from tests.conftest import compose_cfg
 
 CLUSTER = PROJECT_ROOT / "scripts" / "cluster" / "cluster.sh"
-STUDY = ["experiment=phantom_covid_arch_x_loss"]
+STUDY = ["experiment=covid_arch_x_loss"]
 TINY = ["profile.image_size=32", "trainer.epochs=3", "trainer.limit_train_batches=2", "tracking.overlays=1"]
 
 

@@ -262,7 +262,7 @@ case "${1:-}" in
         pg_up
         mlflow_up
         env_lines > "$STATE/env"
-        say "up; in your shell: eval \"\$($0 env)\"  then  python run.py -m experiment=phantom_covid_arch_x_loss launcher=slurm_local"
+        say "up; in your shell: eval \"\$($0 env)\"  then  python run.py -m experiment=covid_arch_x_loss launcher=slurm_local"
         ;;
     down)
         mlflow_down
