@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 import seg.config  # noqa: F401  (project_root resolver)
+
+# Logging each run's MLflow pyfunc model costs about 8 s per run; the tests that check the logged model
+# (tests/test_dashboard.py) turn it back on for their own runs.
+os.environ.setdefault("SEGSWEEP_LOG_MODEL", "false")
 from tests.helpers.compose import compose_cfg, compose_resolved  # noqa: F401  (re-exported)
 
 

@@ -70,7 +70,8 @@ def test_parent_title_and_ui_link():
 def sweep(tmp_path_factory, phantom_cache):
     tmp = tmp_path_factory.mktemp("dash")
     uri = f"sqlite:///{tmp}/mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SEGSWEEP_CACHE": str(phantom_cache)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SEGSWEEP_CACHE": str(phantom_cache),
+           "SEGSWEEP_LOG_MODEL": "true"}   # this sweep checks the logged models
     proc = subprocess.run([sys.executable, "run.py", "-m", "model=unet", "loss=dice,bce", *TINY,
                            f"hydra.sweep.dir={tmp}/multirun"], cwd=PROJECT_ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
