@@ -195,6 +195,7 @@ def client_of(tmp_path: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
 
 
+@pytest.mark.slow   # a full sweep of subprocess runs: make test-all
 def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, phantom_cache):
     args = ["model=unet", "loss=dice,bce"]
     first = _run(args, tmp_path, phantom_cache, "s1")
@@ -241,6 +242,7 @@ def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, pha
     assert status["status"] == "SKIPPED" and status["run_id"] in {r.info.run_id for r in runs}
 
 
+@pytest.mark.slow   # a full sweep of subprocess runs: make test-all
 def test_sigterm_kills_the_run_and_the_rerun_continues_its_epochs(tmp_path, phantom_cache):
     args = ["model=unet", "loss=dice", "profile.epochs=2"]
     killed = _run([*args, "debug.sigterm_after_epoch=1"], tmp_path, phantom_cache, "s1")

@@ -83,6 +83,7 @@ def test_tiny_multirun_logs_finished_runs(tmp_path, phantom_cache):
         assert ckpt["config"]["model"]["name"] == tags["model"] and "state_dict" in ckpt
 
 
+@pytest.mark.slow   # a full sweep of subprocess runs: make test-all
 def test_nan_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, phantom_cache):
     # plain SGD at lr 1e30 without clipping blows the weights up: the loss is NaN within a few steps
     proc = _run(["-m", "optimizer.lr=1e30,1e-3,1e-4", "optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=false",

@@ -28,6 +28,7 @@ def _disjoint(split: dict) -> bool:
     return all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
 
 
+@pytest.mark.slow   # a full sweep of subprocess runs: make test-all
 def test_ct_heart_config_trains_on_a_generated_tree(tmp_path, phantom_cache, ct_root):
     proc = _run(["dataset=ct_heart", f"dataset.root={ct_root}", "dataset.source.val_fraction=0.15",
                  "dataset.source.test_fraction=0.15", "dataset.source.pixel_spacing=0.7", *TINY,
