@@ -301,6 +301,19 @@ def sweep_parent(uri: str, experiment: str, sweep_id: str, sweep_dir: Path, info
         return run_id
 
 
+def _sweep_parents(sweep_dir: Path, jobs: list[dict]):
+    """-> (parent run id, the jobs it lists, their tracking URI) for each parent run of a sweep
+    (one per experiment its jobs logged to; their ids are in `<sweep_dir>/.mlflow_parent_<experiment>`)."""
+    for id_file in sorted(sweep_dir.glob(".mlflow_parent_*")):
+        if id_file.name == ".mlflow_parent.lock":
+            continue
+        parent_id = id_file.read_text().strip()
+        mine = [j for j in jobs if j.get("parent_run_id") == parent_id]
+        uri = next((j["tracking_uri"] for j in mine if j.get("tracking_uri")), None)
+        if uri is not None:
+            yield parent_id, mine, uri
+
+
 def finish_sweep_parents(sweep_dir: Path, jobs: list[dict], status: str | None = None) -> list[str]:
     """Give every parent run of a sweep (one per experiment its jobs logged to) the table of its children
     (artifact children.csv, counts as metrics) and a final status: FINISHED when every job finished or was
@@ -309,14 +322,7 @@ def finish_sweep_parents(sweep_dir: Path, jobs: list[dict], status: str | None =
     import io
 
     done = []
-    for id_file in sorted(sweep_dir.glob(".mlflow_parent_*")):
-        if id_file.name == ".mlflow_parent.lock":
-            continue
-        parent_id = id_file.read_text().strip()
-        mine = [j for j in jobs if j.get("parent_run_id") == parent_id]
-        uri = next((j["tracking_uri"] for j in mine if j.get("tracking_uri")), None)
-        if uri is None:
-            continue
+    for parent_id, mine, uri in _sweep_parents(sweep_dir, jobs):
         client = MlflowClient(tracking_uri=uri)
         statuses = [j["status"] for j in mine]
         counts = {s: statuses.count(s) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED")}
@@ -554,14 +560,7 @@ def conclude_sweep(sweep_dir: Path, jobs: list[dict]) -> list[str]:
     as a warning and a `comparison_error` tag, never raised) -> lines to print: per parent, the UI URL that
     opens the sweep's runs (the children of the parent, plus the runs it skipped as already FINISHED)."""
     lines = []
-    for id_file in sorted(sweep_dir.glob(".mlflow_parent_*")):
-        if id_file.name == ".mlflow_parent.lock":
-            continue
-        parent_id = id_file.read_text().strip()
-        mine = [j for j in jobs if j.get("parent_run_id") == parent_id]
-        uri = next((j["tracking_uri"] for j in mine if j.get("tracking_uri")), None)
-        if uri is None:
-            continue
+    for parent_id, mine, uri in _sweep_parents(sweep_dir, jobs):
         client = MlflowClient(tracking_uri=uri)
         parent = client.get_run(parent_id)
         experiment = client.get_experiment(parent.info.experiment_id)
