@@ -33,7 +33,7 @@ from seg.data import open_dataset
 from seg.engine import checkpoint
 from seg.engine.hooks import Checkpointer, MLflowLogger, NanLossAtEpoch, SigtermAfterEpoch
 from seg.engine.inference import evaluate
-from seg.engine.loop import Fit, Hook, LoopState, NonFiniteWeightsError, check_settings, fit
+from seg.engine.loop import Fit, Hook, LoopState, NonFiniteWeightsError, fit
 from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
 from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
@@ -110,8 +110,6 @@ def _open_data(cfg: DictConfig):
 
 
 def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
-    t = cfg.trainer
-    check_settings(t.epochs, t.accumulate, t.grad_clip, t.monitor, t.early_stopping, t.limit_train_batches)
     out_dir: Path = ctx["output_dir"]
     job = ctx["job"]
     out_dir.mkdir(parents=True, exist_ok=True)
