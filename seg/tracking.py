@@ -496,13 +496,24 @@ def describe_sweep_parent(uri: str, run_id: str, name: str, note: str) -> None:
         client.set_tag(run_id, NOTE_TAG, note)
 
 
-def ui_url(uri: str, experiment_id: str, filter_string: str, port: int = 5000) -> str:
-    """The MLflow UI address that opens an experiment's runs filtered by `filter_string`: the server itself
-    for an http(s) store, else `mlflow ui` on 127.0.0.1:<port> (the command to start it is printed with it)."""
+# the sweep link's sort: best test Dice first. Sorted by anything but the start time, the MLflow UI lists a
+# filtered search flat (its `nestChildren` is on only without a filter or when sorted by start time), so the
+# children show as rows instead of hiding behind the parent's "+"
+UI_ORDER_BY = "metrics.`test/dice`"
+
+
+def ui_url(uri: str, experiment_id: str, filter_string: str, port: int = 5000, order_by: str | None = None,
+           ascending: bool = False) -> str:
+    """The MLflow UI address that opens an experiment's runs filtered by `filter_string` (sorted by the
+    MLflow order key `order_by`, e.g. "metrics.`test/dice`", descending unless `ascending`): the server
+    itself for an http(s) store, else `mlflow ui` on 127.0.0.1:<port> (the command to start it is printed with it)."""
     from urllib.parse import quote
 
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
-    return f"{base}/#/experiments/{experiment_id}/runs?searchFilter={quote(filter_string)}"
+    url = f"{base}/#/experiments/{experiment_id}/runs?searchFilter={quote(filter_string)}"
+    if order_by:
+        url += f"&orderByKey={quote(order_by)}&orderByAsc={str(ascending).lower()}"
+    return url
 
 
 def log_sweep_comparison(uri: str, parent_id: str, experiment: str, sweep_id: str) -> dict:
@@ -582,7 +593,7 @@ def conclude_sweep(sweep_dir: Path, jobs: list[dict]) -> list[str]:
         else:
             filt = f"tags.mlflow.parentRunId = '{parent_id}'"
         start = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then "
-        lines.append(f"  the sweep's runs in the MLflow UI: {start}open {ui_url(uri, experiment.experiment_id, filt)}")
+        lines.append(f"  the sweep's runs in the MLflow UI: {start}open {ui_url(uri, experiment.experiment_id, filt, order_by=UI_ORDER_BY)}")
     return lines
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from seg import PROJECT_ROOT
-from seg.tracking import (provenance_tags, summary_metric_key, sweep_title, tidy_params, ui_url)
+from seg.tracking import (UI_ORDER_BY, provenance_tags, summary_metric_key, sweep_title, tidy_params, ui_url)
 
 TINY = ["profile.image_size=32", "profile.epochs=1", "trainer.limit_train_batches=2", "tracking.overlays=1"]
 
@@ -35,6 +35,35 @@ def _head() -> str:
                                        ("fpr_empty", "test/fpr_empty")])
 def test_summary_keys_map_to_one_prefix_per_kind(key, name):
     assert summary_metric_key(key) == name
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_system_metrics_switch_logs_cpu_and_memory_into_the_run(tmp_path, seeded_store, enabled):
+    """tracking.system_metrics=true: MLflow's monitor samples the machine into the run as system/*; off
+    (the default), the run holds no system metric."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from seg.tracking import system_metrics
+
+    uri = seeded_store
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("sysm", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    with system_metrics(uri, run_id, enabled, interval_s=0.2):
+        time.sleep(1.0)
+    metrics = client.get_run(run_id).data.metrics
+    found = {k for k in metrics if k.startswith("system/")}
+    if not enabled:
+        assert found == set()
+        return
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= found
+    assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
+    import psutil
+
+    total_mb = psutil.virtual_memory().total / 1e6
+    assert 0.0 < metrics["system/system_memory_usage_megabytes"] <= total_mb
 
 
 def test_params_lose_targets_and_machine_paths_and_gain_headlines():
@@ -61,6 +90,9 @@ def test_parent_title_and_ui_link():
     assert ui_url("sqlite:////x/mlflow.db", "3", "tags.mlflow.parentRunId = 'ab'") == (
         "http://127.0.0.1:5000/#/experiments/3/runs?searchFilter=tags.mlflow.parentRunId%20%3D%20%27ab%27")
     assert ui_url("http://host:5001/", "3", "x").startswith("http://host:5001/#/experiments/3/runs?")
+    # sorted by test Dice (best first): the UI then lists the sweep's children flat, not under the parent's "+"
+    assert ui_url("sqlite:////x/mlflow.db", "3", "x", order_by=UI_ORDER_BY).endswith(
+        "?searchFilter=x&orderByKey=metrics.%60test/dice%60&orderByAsc=false")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -125,7 +157,8 @@ def test_sweep_parent_is_named_described_and_holds_the_comparison(sweep):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = Path(client.download_artifacts(parent.info.run_id, "report/index.html", str(sweep["tmp"])))
     assert "unet" in html.read_text()
-    link = ui_url(sweep["uri"], sweep["exp"].experiment_id, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    link = ui_url(sweep["uri"], sweep["exp"].experiment_id, f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                  order_by=UI_ORDER_BY)
     assert link in sweep["out"]
 
 

@@ -73,7 +73,7 @@ def test_two_sweeps_composed_in_the_same_second_get_different_dirs():
 
 
 @pytest.mark.slow
-def test_a_run_with_a_fresh_heartbeat_elsewhere_is_skipped_and_a_stale_one_resumed(tmp_path, phantom_cache, caplog):
+def test_a_run_with_a_fresh_heartbeat_elsewhere_is_skipped_and_a_stale_one_resumed(tmp_path, seeded_store, phantom_cache, caplog):
     """Across machines (a shared tracking store): no lock file is shared, the run's heartbeat decides."""
     from omegaconf import OmegaConf
 
@@ -121,7 +121,7 @@ def _all_runs(tmp_path: Path) -> tuple[list, list]:
 
 
 @pytest.mark.slow
-def test_two_identical_sweeps_started_together_train_each_configuration_once(tmp_path, phantom_cache):
+def test_two_identical_sweeps_started_together_train_each_configuration_once(tmp_path, seeded_store, phantom_cache):
     args = ["model=unet", "loss=dice,bce", "profile.epochs=2"]
     procs = [_sweep(args, tmp_path, phantom_cache, f"sweep{i}.log") for i in range(2)]
     codes = [p.wait(timeout=900) for p in procs]
@@ -176,7 +176,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_joblib_sweep_stops_its_workers_and_marks_everything_killed(tmp_path, phantom_cache):
+def test_sigterm_to_a_joblib_sweep_stops_its_workers_and_marks_everything_killed(tmp_path, seeded_store, phantom_cache):
     sweep_dir = tmp_path / "s1"
     proc = _sweep(["launcher=joblib", "n_jobs=2", "loss=dice,bce", "profile.epochs=200", "trainer.early_stopping=0",
                    f"hydra.sweep.dir={sweep_dir}"], tmp_path, phantom_cache, "sweep.log")
@@ -202,7 +202,7 @@ def test_sigterm_to_a_joblib_sweep_stops_its_workers_and_marks_everything_killed
 
 
 @pytest.mark.slow
-def test_a_killed_worker_fails_only_its_own_job(tmp_path, phantom_cache):
+def test_a_killed_worker_fails_only_its_own_job(tmp_path, seeded_store, phantom_cache):
     sweep_dir = tmp_path / "s1"
     proc = _sweep(["launcher=joblib", "n_jobs=2", "loss=dice,bce,focal", "profile.epochs=3",
                    f"hydra.sweep.dir={sweep_dir}"], tmp_path, phantom_cache, "sweep.log")
@@ -229,7 +229,7 @@ def test_a_killed_worker_fails_only_its_own_job(tmp_path, phantom_cache):
 # --- point 9 -------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_resumed_run_removes_the_old_last_checkpoints_once_it_has_its_own(tmp_path, phantom_cache):
+def test_a_resumed_run_removes_the_old_last_checkpoints_once_it_has_its_own(tmp_path, seeded_store, phantom_cache):
     from seg.train import run
 
     base = [*TINY, "profile.epochs=3", "trainer.early_stopping=0", "device=cpu", "threads=1",

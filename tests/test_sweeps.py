@@ -116,7 +116,7 @@ class _Reached(Exception):
 
 
 @pytest.mark.parametrize("resume,trains", [(False, True), (True, False)])
-def test_resume_false_trains_a_finished_configuration_again_in_process(tmp_path, monkeypatch, resume, trains):
+def test_resume_false_trains_a_finished_configuration_again_in_process(tmp_path, seeded_store, monkeypatch, resume, trains):
     """A FINISHED run with the same config_hash exists: resume=true skips the job (its best value
     returned, job_status SKIPPED), resume=false goes on to open the data and train."""
     from types import SimpleNamespace
@@ -196,7 +196,7 @@ def client_of(tmp_path: Path):
 
 
 @pytest.mark.slow   # a full sweep of subprocess runs: make test-all
-def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, phantom_cache):
+def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, seeded_store, phantom_cache):
     args = ["model=unet", "loss=dice,bce"]
     first = _run(args, tmp_path, phantom_cache, "s1")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -243,7 +243,7 @@ def test_rerun_skips_finished_runs_and_reruns_only_the_deleted_one(tmp_path, pha
 
 
 @pytest.mark.slow   # a full sweep of subprocess runs: make test-all
-def test_sigterm_kills_the_run_and_the_rerun_continues_its_epochs(tmp_path, phantom_cache):
+def test_sigterm_kills_the_run_and_the_rerun_continues_its_epochs(tmp_path, seeded_store, phantom_cache):
     args = ["model=unet", "loss=dice", "profile.epochs=2"]
     killed = _run([*args, "debug.sigterm_after_epoch=1"], tmp_path, phantom_cache, "s1")
     assert killed.returncode != 0
@@ -269,7 +269,7 @@ def test_sigterm_kills_the_run_and_the_rerun_continues_its_epochs(tmp_path, phan
 
 
 @pytest.mark.slow
-def test_resume_false_trains_a_finished_configuration_again(tmp_path, phantom_cache):
+def test_resume_false_trains_a_finished_configuration_again(tmp_path, seeded_store, phantom_cache):
     for sweep in ("s1", "s2"):
         proc = _run(["model=unet", "loss=dice", "resume=false"], tmp_path, phantom_cache, sweep)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -278,7 +278,7 @@ def test_resume_false_trains_a_finished_configuration_again(tmp_path, phantom_ca
 
 
 @pytest.mark.slow
-def test_phantom_study_runs_9_then_0_then_the_deleted_1(tmp_path, phantom_cache):
+def test_phantom_study_runs_9_then_0_then_the_deleted_1(tmp_path, seeded_store, phantom_cache):
     first = _run(["experiment=covid_arch_x_loss"], tmp_path, phantom_cache, "s1")
     assert first.returncode == 0 and "9 of 9 jobs FINISHED" in first.stdout, first.stderr[-3000:]
     second = _run(["experiment=covid_arch_x_loss"], tmp_path, phantom_cache, "s2")
@@ -292,7 +292,7 @@ def test_phantom_study_runs_9_then_0_then_the_deleted_1(tmp_path, phantom_cache)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [["launcher=joblib", "n_jobs=2"], ["launcher=submitit_local"]])
-def test_parallel_launchers_lose_and_duplicate_nothing(tmp_path, phantom_cache, launcher):
+def test_parallel_launchers_lose_and_duplicate_nothing(tmp_path, seeded_store, phantom_cache, launcher):
     proc = _run([*launcher, "model=unet,resunet", "loss=dice,bce"], tmp_path, phantom_cache, "s1")
     assert proc.returncode == 0 and "4 of 4 jobs FINISHED" in proc.stdout, proc.stderr[-3000:]
     runs, parents = _runs(tmp_path)

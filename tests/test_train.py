@@ -60,7 +60,7 @@ def _run(args: list[str], tmp_path: Path, phantom_cache: Path) -> subprocess.Com
                           text=True, timeout=600)
 
 
-def test_tiny_multirun_logs_finished_runs(tmp_path, phantom_cache):
+def test_tiny_multirun_logs_finished_runs(tmp_path, seeded_store, phantom_cache):
     proc = _run(["-m", "model=unet,transunet", "loss=dice", *TINY], tmp_path, phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [r for r in search_runs(f"sqlite:///{tmp_path}/mlflow.db", "phantom_xray")
@@ -84,7 +84,7 @@ def test_tiny_multirun_logs_finished_runs(tmp_path, phantom_cache):
 
 
 @pytest.mark.slow   # a full sweep of subprocess runs: make test-all
-def test_nan_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, phantom_cache):
+def test_nan_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, seeded_store, phantom_cache):
     # plain SGD at lr 1e30 without clipping blows the weights up: the loss is NaN within a few steps
     proc = _run(["-m", "optimizer.lr=1e30,1e-3,1e-4", "optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=false",
                  "trainer.grad_clip=0", *TINY, "trainer.limit_train_batches=4"], tmp_path, phantom_cache)
@@ -102,7 +102,7 @@ def test_nan_loss_fails_that_run_and_the_sweep_goes_on(tmp_path, phantom_cache):
     assert all("test/dice" in r.data.metrics for r in runs if r.info.status == "FINISHED")
 
 
-def test_missing_dataset_root_names_path_and_layout(tmp_path, phantom_cache):
+def test_missing_dataset_root_names_path_and_layout(tmp_path, seeded_store, phantom_cache):
     missing = tmp_path / "no_such_dir"
     proc = _run([f"dataset.root={missing}", *TINY], tmp_path, phantom_cache)
     assert proc.returncode == 1
@@ -112,7 +112,7 @@ def test_missing_dataset_root_names_path_and_layout(tmp_path, phantom_cache):
     assert search_runs(f"sqlite:///{tmp_path}/mlflow.db", "covid_infection") == []
 
 
-def test_unknown_monitor_is_refused_with_the_allowed_values(tmp_path, phantom_cache):
+def test_unknown_monitor_is_refused_with_the_allowed_values(tmp_path, seeded_store, phantom_cache):
     proc = _run(["trainer.monitor=val/loss", *TINY], tmp_path, phantom_cache)
     assert proc.returncode != 0
     assert "trainer.monitor='val/loss'" in proc.stderr and "val/dice, val/iou" in proc.stderr
@@ -120,7 +120,7 @@ def test_unknown_monitor_is_refused_with_the_allowed_values(tmp_path, phantom_ca
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
-def test_phantom_tasks_are_not_trivial_after_one_epoch(tmp_path, phantom_cache, task):
+def test_phantom_tasks_are_not_trivial_after_one_epoch(tmp_path, seeded_store, phantom_cache, task):
     """DESIGN: after one epoch no model reaches Dice 0.9 on the phantom tasks (default cpu profile)."""
     proc = _run(["-m", "model=unet,resunet,transunet", f"dataset={DATASET[task]}", "profile.epochs=1"], tmp_path, phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -132,7 +132,7 @@ def test_phantom_tasks_are_not_trivial_after_one_epoch(tmp_path, phantom_cache, 
 
 
 @pytest.mark.slow
-def test_default_cardiac_run_learns_every_structure(tmp_path, phantom_cache):
+def test_default_cardiac_run_learns_every_structure(tmp_path, seeded_store, phantom_cache):
     """`python run.py dataset=acdc` with the cpu profile: per-structure metrics, each learnt."""
     proc = _run(["dataset=acdc"], tmp_path, phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -145,7 +145,7 @@ def test_default_cardiac_run_learns_every_structure(tmp_path, phantom_cache):
     assert m["test_n/cases"] == 20   # 10 test patients x (ED, ES), scored as 3D volumes
 
 
-def test_best_checkpoint_is_the_best_epoch_not_the_last(tmp_path, phantom_cache):
+def test_best_checkpoint_is_the_best_epoch_not_the_last(tmp_path, seeded_store, phantom_cache):
     proc = _run(["dataset=acdc", "profile.image_size=32", "profile.epochs=4", "trainer.early_stopping=0",
                  "trainer.limit_train_batches=3", "tracking.overlays=0"], tmp_path, phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -210,7 +210,7 @@ def test_evaluate_batches_2d_cases_and_scores_each_like_predict():
         assert (pred == alone).mean() > 0.999          # same labels as one case at a time (float noise aside)
 
 
-def test_the_test_pass_scores_the_best_epochs_weights_not_the_last(tmp_path, phantom_cache, monkeypatch):
+def test_the_test_pass_scores_the_best_epochs_weights_not_the_last(tmp_path, seeded_store, phantom_cache, monkeypatch):
     """In process, val Dice scripted to 0.2, 0.6, 0.4: the test split is scored with epoch 2's weights
     (those in best.pt), and best/epoch, best/val/dice say so."""
     import seg.train

@@ -15,8 +15,8 @@ from seg.report import figures, stats
 from seg.report.references import STRUCTURE_ALIASES, references_for
 from seg.report.render import (Section, Table, finite, fmt, fmt_ci, fmt_p, fmt_stat, render_html, render_markdown,
                                signed, slug)
-from seg.report.runs import (LOSS_ORDER, MODEL_ORDER, Config, ReportError, Run, Selection, cross_config_differences,
-                             group_configs, monitor_of, open_store, rank, reference_config, seed_key, select_runs)
+from seg.report.runs import (LOSS_ORDER, MODEL_ORDER, Config, ReportError, Run, Selection, code_provenance,
+                             cross_config_differences, group_configs, monitor_of, open_store, rank, reference_config, seed_key, select_runs)
 
 COST_KEYS = ("model/params", "time/train_s", "time/img_per_s", "run/duration_s", "best/epoch")
 MLFLOW_KEYS = ("test/dice", "test/iou", "test/hd95", "test/hd95_pooled")
@@ -230,6 +230,8 @@ def build_task(client, task: str, selection: Selection, out: Path, tmp: Path, fr
     fig_dir = out / "figures"
     sec.p(scope_line(task, selection, configs))
     sec.p(f"{len(runs)} run(s): {len(included)} averaged, {len(excluded)} not (listed below).")
+    code, mixed = code_provenance(included or runs)
+    sec.p(("⚠ " if mixed else "") + code)
     smoke = selection.smoke_left_out.get(task, [])
     if smoke:
         sec.p(f"{len(smoke)} smoke run(s) left out (e.g. {smoke[0].name}: {smoke[0].smoke}); --include-smoke reports them.")

@@ -398,6 +398,26 @@ def cross_config_differences(configs: Sequence[Config]) -> list[str]:
     return out
 
 
+def code_provenance(runs: Sequence[Run]) -> tuple[str, bool]:
+    """Which code produced `runs`, from their `mlflow.source.git.commit` and `git_dirty` tags ->
+    (a line for the report, True when it must be flagged: more than one commit, a run from a tree with
+    uncommitted changes, or a run with no commit recorded). Commits are shown as 10 hex digits, most runs first."""
+    if not runs:
+        return "Code: no run.", False
+    commits = Counter(r.tags.get("mlflow.source.git.commit", "")[:10] or "unknown" for r in runs)
+    dirty = sum(r.tags.get("git_dirty") == "true" for r in runs)
+    listed = ", ".join(f"{c} ({n} run{'s' if n != 1 else ''})"
+                       for c, n in sorted(commits.items(), key=lambda kv: (-kv[1], kv[0])))
+    mixed = len(commits) > 1
+    flag = mixed or dirty > 0 or "unknown" in commits
+    text = f"Code: {'commits' if mixed else 'commit'} {listed}"
+    if mixed:
+        text += f"; the runs come from {len(commits)} different versions of the code"
+    if dirty:
+        text += f"; {dirty} run{'s' if dirty != 1 else ''} from a tree with uncommitted changes (git_dirty)"
+    return text + ".", flag
+
+
 def monitor_of(runs: Sequence[Run]) -> str:
     """The runs' trainer.monitor (the most common one), else val/dice."""
     found = Counter(r.params.get("trainer.monitor") for r in runs if _is_set(r.params.get("trainer.monitor")))

@@ -29,7 +29,7 @@ def _disjoint(split: dict) -> bool:
 
 
 @pytest.mark.slow   # a full sweep of subprocess runs: make test-all
-def test_ct_heart_config_trains_on_a_generated_tree(tmp_path, phantom_cache, ct_root):
+def test_ct_heart_config_trains_on_a_generated_tree(tmp_path, seeded_store, phantom_cache, ct_root):
     proc = _run(["dataset=ct_heart", f"dataset.root={ct_root}", "dataset.source.val_fraction=0.15",
                  "dataset.source.test_fraction=0.15", "dataset.source.pixel_spacing=0.7", *TINY,
                  "trainer.limit_train_batches=1"], tmp_path, phantom_cache)
@@ -45,7 +45,7 @@ def test_ct_heart_config_trains_on_a_generated_tree(tmp_path, phantom_cache, ct_
 
 
 @pytest.mark.slow
-def test_real_dataset_configs_train_on_generated_trees(tmp_path, phantom_cache, acdc_root, covid_root, ct_root):
+def test_real_dataset_configs_train_on_generated_trees(tmp_path, seeded_store, phantom_cache, acdc_root, covid_root, ct_root):
     data = tmp_path / "data"
     data.mkdir()
     (data / "database").symlink_to(acdc_root, target_is_directory=True)

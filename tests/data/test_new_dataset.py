@@ -85,7 +85,7 @@ def _cmd(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_new_png_pair_task_trains_checks_predicts_and_reports(tmp_path):
+def test_a_new_png_pair_task_trains_checks_predicts_and_reports(tmp_path, seeded_store):
     root = _write_task(tmp_path / "my_task")
     run_dir = tmp_path / "run"
     # train

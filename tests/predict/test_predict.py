@@ -427,7 +427,7 @@ def test_bad_checkpoint_files_are_reported(tmp_path, capsys, content, message):
 # MLflow: run id and best:<experiment>:<metric>
 
 
-def test_run_id_and_best_of_experiment_resolve_to_the_logged_checkpoint(ckpts, tmp_path, monkeypatch, capsys):
+def test_run_id_and_best_of_experiment_resolve_to_the_logged_checkpoint(ckpts, tmp_path, seeded_store, monkeypatch, capsys):
     from seg.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -481,7 +481,7 @@ TRAINED = {"phantom_lung": "run_id", "phantom_cardiac": "best:phantom_cardiac:di
 
 
 @pytest.mark.slow
-def test_predicting_a_runs_test_cases_reproduces_its_test_dice(tmp_path, phantom_cache):
+def test_predicting_a_runs_test_cases_reproduces_its_test_dice(tmp_path, seeded_store, phantom_cache):
     from seg.tracking import search_runs
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -83,14 +83,6 @@ def log_run(client, exp_id, stage: Path, model, loss, seed, sweep=SWEEP, cases: 
     return rid
 
 
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """An MLflow sqlite store with its tables and no runs (creating one runs migrations: slow, so once)."""
-    root = tmp_path_factory.mktemp("empty_store")
-    MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").search_experiments()
-    return root / "mlflow.db"
-
-
 @pytest.fixture
 def new_store(empty_store, tmp_path):
     """() -> (uri, client, root): a fresh copy of the empty store in this test's tmp_path."""

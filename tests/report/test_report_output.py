@@ -42,15 +42,18 @@ def built(empty_store, tmp_path_factory, synth):
             dice = np.round(np.clip(0.5 + 0.1 * k + 0.05 * rng.standard_normal(10), 0, 1), 3)
             pred_empty = [False] * 10 if model == "unet" and loss == "bce" else list(GT_EMPTY)
             truth[(model, loss, seed)] = dice[:7]
+            # provenance: resunet's runs come from a later commit, one of them from a dirty tree
+            code = {"mlflow.source.git.commit": ("b" if model == "resunet" else "a") * 40,
+                    "git_dirty": str(model == "resunet" and seed == 1).lower()}
             synth.log_run(client, exp, root / "st" / f"{model}{loss}{seed}", model, loss, seed, val=val + 0.01 * seed,
-                          cases=synth.cases_frame(IDS, dice, GT_EMPTY, pred_empty))
+                          cases=synth.cases_frame(IDS, dice, GT_EMPTY, pred_empty), tags=code)
     cardiac = client.create_experiment("phantom_cardiac", artifact_location=(root / "art_c").as_uri())
     pids = [f"patient{p:03d}_{ph}" for p in range(1, 5) for ph in ("ED", "ES")]
     for model, val in (("unet", 0.8), ("resunet", 0.7)):
         frames = [synth.cases_frame(pids, np.linspace(0.6, 0.9, 8) - 0.05 * j, structure=s)
                   for j, s in enumerate(("rv", "myo", "lv"))]
         synth.log_run(client, cardiac, root / "st" / f"c{model}", model, "dice", 0, val=val, cases=pd.concat(frames),
-                      tags={"dataset": "phantom_cardiac"})
+                      tags={"dataset": "phantom_cardiac", "mlflow.source.git.commit": "c" * 40, "git_dirty": "false"})
     out = tmp_path_factory.mktemp("report")
     result = report.build_report(uri, out)
     return {**result, "out": out, "uri": uri, "client": client, "truth": truth,
@@ -73,6 +76,23 @@ def test_summary_csv_holds_the_contract_columns_with_hand_computed_values(built)
         assert row.fpr_empty == (1.0 if (model, loss) == ("unet", "bce") else 0.0)
     assert x.loc[("unet", "dice"), "val_dice"] == pytest.approx(0.705)
     assert x["reference"].tolist() == [False, True, False]                 # the best validation Dice
+
+
+def test_each_task_names_the_commits_it_covers_and_flags_a_mix(built):
+    md = built["md"]
+    assert ("⚠ Code: commits aaaaaaaaaa (4 runs), bbbbbbbbbb (2 runs); the runs come from 2 different versions "
+            "of the code; 1 run from a tree with uncommitted changes (git_dirty).") in md
+    assert "\nCode: commit cccccccccc (2 runs).\n" in md      # one clean commit: stated, not flagged
+    assert "⚠ Code: commit cccccccccc" not in md
+
+
+def test_code_provenance_flags_a_run_without_a_recorded_commit(synth):
+    def run(tags):
+        return rr.Run("r", "n", "t", "FINISHED", tags, {}, {}, None, None)
+    text, flag = rr.code_provenance([run({"mlflow.source.git.commit": "d" * 40}), run({})])
+    assert flag and text.startswith("Code: commits dddddddddd (1 run), unknown (1 run)")
+    assert rr.code_provenance([run({"mlflow.source.git.commit": "d" * 40, "git_dirty": "false"})]) == \
+        ("Code: commit dddddddddd (1 run).", False)
 
 
 def test_comparisons_match_scipy_on_units_with_holm_by_hand(built):
