@@ -255,3 +255,51 @@ def test_weighted_sum_without_weights_is_the_plain_sum():
     ce, dice = CrossEntropyLoss(1), DiceLoss(1)
     total = WeightedSum({"ce": ce, "dice": dice})(LOGITS, TARGET).item()
     assert total == pytest.approx(ce(LOGITS, TARGET).item() + dice(LOGITS, TARGET).item(), abs=1e-6)
+
+
+# --- the argument and shape checks, each condition alone (mutation testing: `or` -> `and` survived) ------
+
+@pytest.mark.parametrize("cls", [CrossEntropyLoss, FocalLoss, DiceLoss])
+@pytest.mark.parametrize("logits_shape,target_shape,message", [
+    ((1, 1, 2, 2, 1), (1, 2, 2), "expected logits"),      # only the logits' rank is wrong
+    ((1, 1, 2, 2), (1, 2, 2, 1), "expected logits"),      # only the target's rank is wrong
+    ((2, 1, 2, 2), (1, 2, 2), "differ in batch"),         # only the batch size differs
+    ((1, 1, 2, 2), (1, 2, 3), "differ in batch"),         # only the spatial size differs
+])
+def test_each_shape_mismatch_alone_is_refused(cls, logits_shape, target_shape, message):
+    with pytest.raises(ValueError, match=message):
+        cls(1)(torch.zeros(logits_shape), torch.zeros(target_shape, dtype=torch.long))
+
+
+def test_dice_refuses_zero_smooth_and_background_on_the_binary_task():
+    with pytest.raises(ValueError, match="smooth=0"):
+        DiceLoss(1, smooth=0.0)
+    with pytest.raises(ValueError, match="include_background=True needs num_classes > 1"):
+        DiceLoss(1, include_background=True)
+    assert DiceLoss(2, include_background=True).include_background      # two classes: allowed
+
+
+def test_mean_over_a_single_valid_pixel_is_that_pixels_loss():
+    """The mean divides by the number of valid pixels (at least 1), so one valid pixel gives its own loss."""
+    target = torch.tensor([[[1, 255], [255, 255]]])
+    loss = CrossEntropyLoss(1, ignore_index=255)(LOGITS, target).item()
+    assert loss == pytest.approx(math.log(2), abs=1e-6)        # the pixel with logit 0, label 1
+
+
+@pytest.mark.parametrize("cls", [CrossEntropyLoss, FocalLoss, DiceLoss])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_give_a_float32_loss_equal_to_the_float32_one(cls, dtype):
+    """Under autocast the logits are fp16 / bf16: the loss is computed in float32 (no underflow in the logs)."""
+    logits = LOGITS.to(dtype)
+    got = cls(1)(logits, TARGET)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(cls(1)(logits.float(), TARGET).item(), abs=1e-6)
+
+
+def test_focal_default_gamma_is_2_and_its_reductions_are_sum_and_none():
+    pts = [_sig(0), 1 - _sig(2), 1 - _sig(-1), _sig(0)]
+    terms = [-((1 - pt) ** 2) * math.log(pt) for pt in pts]
+    assert FocalLoss(1)(LOGITS, TARGET).item() == pytest.approx(sum(terms) / 4, abs=1e-6)
+    assert FocalLoss(1, reduction="sum")(LOGITS, TARGET).item() == pytest.approx(sum(terms), abs=1e-6)
+    none = FocalLoss(1, reduction="none")(LOGITS, TARGET)
+    assert none.shape == (1, 2, 2) and none.flatten().tolist() == pytest.approx(terms, abs=1e-6)
