@@ -155,13 +155,41 @@ def test_previous_runs_prefers_a_finished_run_then_the_newest_unfinished(monkeyp
         return SimpleNamespace(info=SimpleNamespace(run_id=i, status=status))
 
     found = {"h1": [run("a", "FAILED"), run("b", "FINISHED"), run("c", "FINISHED")],
-             "h2": [run("d", "SCHEDULED"), run("e", "KILLED"), run("f", "FAILED")], "h3": []}
-    monkeypatch.setattr(seg.tracking, "runs_with_hash", lambda uri, exp, chash: found[chash])
+             "h2": [run("d", "SCHEDULED"), run("e", "KILLED"), run("f", "FAILED")], "h3": [],
+             "failed": [run("g", "SCHEDULED"), run("h", "FAILED")], "running": [run("i", "RUNNING")]}
+    asked = []
+
+    def runs_with_hash(uri, exp, chash):
+        asked.append((uri, exp, chash))
+        return found[chash]
+
+    monkeypatch.setattr(seg.tracking, "runs_with_hash", runs_with_hash)
     done, unfinished = seg.sweep.previous_runs("u", "x", "h1")
     assert done.info.run_id == "b" and unfinished is None
+    assert asked == [("u", "x", "h1")]         # this store and this experiment, not some default
     done, unfinished = seg.sweep.previous_runs("u", "x", "h2")
     assert done is None and unfinished.info.run_id == "e"
     assert seg.sweep.previous_runs("u", "x", "h3") == (None, None)
+    # a FAILED run and a RUNNING one (its owner died) are each resumed; a SCHEDULED one never started
+    assert seg.sweep.previous_runs("u", "x", "failed")[1].info.run_id == "h"
+    assert seg.sweep.previous_runs("u", "x", "running")[1].info.run_id == "i"
+
+
+def test_read_jobs_lists_every_jobs_status_in_job_number_order_and_names_an_unreadable_one(tmp_path):
+    from seg.sweep import read_jobs
+
+    for name, body in (("10_unet-dice-s0", {"status": "FINISHED", "run_id": "r10"}),
+                       ("2_unet-bce-s0", {"status": "FAILED", "run_id": "r2"}),
+                       ("0_resunet-bce-s0", None), ("notes", {"status": "FINISHED"})):
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "job_status.json"
+        path.write_text("{not json" if body is None else json.dumps(body))
+    (tmp_path / "1_no_status").mkdir()                          # a job that wrote nothing is not listed
+    jobs = read_jobs(tmp_path)
+    assert [j["job"] for j in jobs] == ["0_resunet-bce-s0", "2_unet-bce-s0", "10_unet-dice-s0", "notes"]
+    assert jobs[0]["status"] == "UNKNOWN" and str(tmp_path / "0_resunet-bce-s0" / "job_status.json") in jobs[0]["reason"]
+    assert (jobs[1]["status"], jobs[1]["run_id"], jobs[2]["status"], jobs[2]["run_id"]) == ("FAILED", "r2", "FINISHED", "r10")
+    assert read_jobs(tmp_path / "1_no_status") == []
 
 
 def test_joblib_launcher_splits_the_cores_between_jobs():
