@@ -51,7 +51,12 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
                                                               "_upgrade", "resume_state")]
                    + ["seg.engine.hooks.xǁCheckpointerǁon_checkpoint*"]),
     "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"], ["seg.engine.loop.x_fit*"]),
-    "transforms": (["seg/data/transforms.py"], ["tests/data/test_transforms.py", "tests/data/test_readers.py"],
+    "transforms": (["seg/data/transforms.py"], ["tests/data/test_transforms.py"] + [f"tests/data/test_readers.py::{t}" for t in (
+        "test_masks_are_resized_nearest_and_follow_the_image", "test_resize_keeps_a_one_pixel_label_grid_exact",
+        "test_mask_upscale_50_to_96_is_pixel_centre_nearest_without_new_classes",
+        "test_every_mask_step_interpolates_nearest", "test_covid_augmentation_is_seeded",
+        "test_covid_without_augmentation_trains_on_the_eval_transform", "test_build_transforms_rejects_bad_size",
+        "test_dataloader_workers_draw_different_reproducible_augmentations")],
                    ["seg.data.transforms.x_build_transforms*", "seg.data.transforms.x_unit_slices*",
                     "seg.data.transforms.x_transforms_pair*", "seg.data.transforms.xǁFixedNormalizeǁapply*"]),
     "splits": (["seg/data/layout.py"], ["tests/data/test_layout.py"], ["seg.data.layout.x_stratified_split*"]),
