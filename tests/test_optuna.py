@@ -284,7 +284,8 @@ TINY = ["profile.image_size=32", "profile.epochs=1", "trainer.limit_train_batche
 def _search(tmp_path: Path, phantom_cache: Path, sweep: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "SEGSWEEP_CACHE": str(phantom_cache)}
     env.pop("SEGSWEEP_OPTUNA_STORAGE", None)
-    return subprocess.run([sys.executable, "run.py", "-m", "hparams=optuna", *TINY, *args,
+    tiny = [o for o in TINY if o.split("=")[0] not in {a.split("=")[0] for a in args}]
+    return subprocess.run([sys.executable, "run.py", "-m", "hparams=optuna", *tiny, *args,
                            f"paths.output={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/{sweep}"],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
@@ -320,34 +321,35 @@ def test_a_search_stores_its_trials_beside_the_tracking_store(tmp_path, seeded_s
         "SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-@pytest.mark.slow   # three searches through run.py
-def test_an_interrupted_search_resumes_without_rerunning_completed_trials(tmp_path, seeded_store, phantom_cache):
-    first = _search(tmp_path, phantom_cache, "s1", "hydra.sweeper.n_trials=1")
+@pytest.mark.slow   # three searches through run.py: about 3 minutes on 2 shared cores
+def test_a_killed_search_resumes_without_rerunning_completed_trials(tmp_path, seeded_store, phantom_cache):
+    """Search 1 completes trial 0; search 2 is killed (SIGTERM) after trial 1's first epoch; the same command
+    again fails trial 1, trains its parameters as trial 2, which continues trial 1's MLflow run from its
+    checkpoint, and does not train trial 0's configuration again."""
+    two = ["profile.epochs=2", "hydra.sweeper.n_trials=2"]
+    first = _search(tmp_path, phantom_cache, "s1", "profile.epochs=2", "hydra.sweeper.n_trials=1")
     assert first.returncode == 0, first.stderr[-3000:]
     (run0,) = _children(tmp_path)
-    # a search killed while trial 1 ran: the trial is RUNNING in the study, its process is gone
+    killed = _search(tmp_path, phantom_cache, "s2", *two, "debug.sigterm_after_epoch=1")
+    assert killed.returncode == 143, killed.stderr[-3000:]
     name, url = "covid_infection-unet-bce_dice", f"sqlite:///{tmp_path}/optuna.db"
-    study = optuna.load_study(study_name=name, storage=url)
-    killed = study.ask({"optimizer.lr": FloatDistribution(1e-5, 1e-2, log=True),
-                        "trainer.batch_size": CategoricalDistribution([8, 16, 32]),
-                        "loss.weights.dice": FloatDistribution(0.1, 10.0, log=True)})
-    killed.set_user_attr("search", "elsewhere:1:0.00")
-    second = _search(tmp_path, phantom_cache, "s2", "hydra.sweeper.n_trials=2")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert ("found 2 trials (1 COMPLETE, 0 FAIL, 1 left RUNNING by an interrupted search: marked FAIL, parameters "
-            "re-enqueued); n_trials=2: 1 remain") in second.stdout + second.stderr
+    assert [t.state for t in optuna.load_study(study_name=name, storage=url).trials] == [
+        TrialState.COMPLETE, TrialState.RUNNING]
+    again = _search(tmp_path, phantom_cache, "s3", *two)
+    assert again.returncode == 0, again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    assert ("optuna: found 2 trials (1 COMPLETE, 0 FAIL, 1 left RUNNING by an interrupted search: marked FAIL, "
+            "parameters re-enqueued); n_trials=2: 1 remain") in out
     trials = optuna.load_study(study_name=name, storage=url).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1
-    runs = _children(tmp_path)
+    runs = {r.info.run_id: r for r in _children(tmp_path)}
     assert len(runs) == 2                                     # trial 0's configuration was not trained again
-    again = next(r for r in runs if r.info.run_id == run0.info.run_id)
-    assert again.info.end_time == run0.info.end_time and again.data.tags["optuna.trial"] == "0"
-    # complete: the same command again launches nothing
-    third = _search(tmp_path, phantom_cache, "s3", "hydra.sweeper.n_trials=2")
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert "found 3 trials (2 COMPLETE, 1 FAIL); n_trials=2: 0 remain" in third.stdout + third.stderr
-    assert len(_children(tmp_path)) == 2
+    assert runs[run0.info.run_id].info.end_time == run0.info.end_time
+    resumed = runs[trials[2].user_attrs["mlflow_run_id"]]      # the killed run, continued after epoch 1
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed"] == "1"
+    assert resumed.data.tags["optuna.trial"] == "2" and "continuing after epoch 1" in out
+    assert trials[2].value == pytest.approx(resumed.data.metrics["best/val/dice"], abs=1e-12)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------
