@@ -231,28 +231,49 @@ def test_trials_run_in_batches_and_failed_ones_are_told_fail(tmp_path, caplog):
     assert done.batches == []
 
 
-def test_a_killed_search_resumes_its_running_trials_with_the_same_parameters(tmp_path, caplog):
+def test_a_stopped_search_hands_its_running_trials_to_the_next_one(tmp_path, caplog):
     killed = FakeLauncher(stop_at=2)
     with pytest.raises(KeyboardInterrupt):
         _sweeper(tmp_path, killed, n_trials=6, n_jobs=2).sweep([])
     study = _study(tmp_path)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.RUNNING] * 2
-    lost = [dict(t.params) for t in study.trials[2:]]
-    # the killed search's process is gone (simulated: another pid of this host); a fresh search takes over
-    for t in study.trials[2:]:
-        study._storage.set_trial_user_attr(t._trial_id, "search", f"{osw.HOST}:999999999:1.00")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
+    assert study.trials[2].user_attrs["fail_reason"] == ("the search stopped (KeyboardInterrupt: killed) while it ran; "
+                                                         "its parameters were re-enqueued")
+    lost = [dict(t.params) for t in study.trials[2:4]]
     resumed = FakeLauncher()
     caplog.set_level("INFO")
     _sweeper(tmp_path, resumed, n_trials=6, n_jobs=2).sweep([])
-    assert ("optuna: found 4 trials (2 COMPLETE, 0 FAIL, 2 left RUNNING by an interrupted search: marked FAIL, "
-            "parameters re-enqueued); n_trials=6: 4 remain") in caplog.text
+    assert "optuna: found 6 trials (2 COMPLETE, 2 FAIL, 2 WAITING); n_trials=6: 4 remain" in caplog.text
     trials = _study(tmp_path).trials
-    assert [t.state for t in trials[:4]] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2
     assert [dict(t.params) for t in trials[4:6]] == lost                  # the lost configurations run first
     assert [t.user_attrs["retry_of"] for t in trials[4:6]] == [2, 3]
-    assert {o for o in resumed.batches[0][0] if o.startswith("optimizer.lr=")} == {
-        f"optimizer.lr={osw.value_text(lost[0]['optimizer.lr'])}"}
+    assert [o for o in resumed.batches[0][0] if o.startswith("optimizer.lr=")] == [
+        f"optimizer.lr={osw.value_text(lost[0]['optimizer.lr'])}"]
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 6 and len(trials) == 8
+    assert [len(b) for b in resumed.batches] == [2, 2]
+
+
+def test_trials_a_dead_search_left_running_are_failed_and_trained_again(tmp_path, caplog):
+    """A search killed with SIGKILL (or its machine lost) leaves RUNNING trials: the next search takes them over."""
+    _sweeper(tmp_path, FakeLauncher(), n_trials=1).sweep([])
+    study = _study(tmp_path)
+    dists = osw.search_space(OmegaConf.to_container(compose_cfg(["hparams=optuna"], return_hydra_config=True)
+                                                    .hydra.sweeper.params), [])[0]
+    dead = study.ask(dists)
+    dead.set_user_attr("search", f"{osw.HOST}:999999999:1.00")          # a pid of this host that is gone
+    elsewhere = study.ask(dists)
+    elsewhere.set_user_attr("search", "another-host:12:1.00")           # unknowable: taken over as well
+    resumed = FakeLauncher()
+    caplog.set_level("INFO")
+    _sweeper(tmp_path, resumed, n_trials=3).sweep([])
+    assert ("optuna: found 3 trials (1 COMPLETE, 0 FAIL, 2 left RUNNING by an interrupted search: marked FAIL, "
+            "parameters re-enqueued); n_trials=3: 2 remain") in caplog.text
+    trials = _study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
+                                         TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.params for t in trials[3:]] == [dead.params, elsewhere.params]
+    assert trials[1].user_attrs["fail_reason"] == ("left RUNNING by an interrupted search; its parameters were "
+                                                   "re-enqueued")
 
 
 def test_a_running_trial_of_a_live_search_is_left_alone(tmp_path):
@@ -333,13 +354,13 @@ def test_a_killed_search_resumes_without_rerunning_completed_trials(tmp_path, se
     killed = _search(tmp_path, phantom_cache, "s2", *two, "debug.sigterm_after_epoch=1")
     assert killed.returncode == 143, killed.stderr[-3000:]
     name, url = "covid_infection-unet-bce_dice", f"sqlite:///{tmp_path}/optuna.db"
-    assert [t.state for t in optuna.load_study(study_name=name, storage=url).trials] == [
-        TrialState.COMPLETE, TrialState.RUNNING]
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs["fail_reason"].startswith("the search stopped (SystemExit: 143) while it ran")
     again = _search(tmp_path, phantom_cache, "s3", *two)
     assert again.returncode == 0, again.stderr[-3000:]
     out = again.stdout + again.stderr
-    assert ("optuna: found 2 trials (1 COMPLETE, 0 FAIL, 1 left RUNNING by an interrupted search: marked FAIL, "
-            "parameters re-enqueued); n_trials=2: 1 remain") in out
+    assert "optuna: found 3 trials (1 COMPLETE, 1 FAIL, 1 WAITING); n_trials=2: 1 remain" in out
     trials = optuna.load_study(study_name=name, storage=url).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1

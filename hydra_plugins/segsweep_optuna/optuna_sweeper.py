@@ -295,6 +295,16 @@ def _search_alive(owner: Optional[str]) -> bool:
         return False
 
 
+def requeue(study: Any, trial: Any, why: str) -> None:
+    """A RUNNING trial whose job will not report: FAIL (`fail_reason` says why) and its parameters enqueued, so the
+    next trial the study hands out trains that configuration again (segsweep resumes its MLflow run)."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{why}; its parameters were re-enqueued")
+    study.tell(trial.number, state=TrialState.FAIL)
+    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+
+
 def resume(study: Any, n_trials: int) -> Tuple[int, str]:
     """Continue a study: trials left RUNNING by a search that is gone are marked FAIL and their parameters
     re-enqueued. -> (trials to run now, one line saying what was found)."""
@@ -306,10 +316,7 @@ def resume(study: Any, n_trials: int) -> Tuple[int, str]:
         if trial.state == TrialState.RUNNING:
             (live if _search_alive(trial.user_attrs.get("search")) else stale).append(trial)
     for trial in stale:
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
-                                           "left RUNNING by an interrupted search; its parameters were re-enqueued")
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        requeue(study, trial, "left RUNNING by an interrupted search")
     count = lambda state: sum(t.state == state for t in trials)
     complete = count(TrialState.COMPLETE) + count(TrialState.PRUNED)
     remaining = max(0, n_trials - complete - len(live))
@@ -410,7 +417,7 @@ class SegsweepOptunaSweeper(Sweeper):
         import optuna
 
         url, where = study_storage(self.storage, OmegaConf.select(self.config, "tracking.uri", default=None))
-        if url is None and str(self.storage).strip().lower() not in ("none", "null", ""):
+        if url is None and self.storage is not None and str(self.storage).strip().lower() not in ("none", "null", ""):
             log.warning("optuna: the study is kept %s", where)
         if url is not None:
             prepare_storage(url)
@@ -436,6 +443,9 @@ class SegsweepOptunaSweeper(Sweeper):
 
         from optuna.trial import TrialState
 
+        if OmegaConf.select(self.config, "hydra.launcher.dry_run", default=False):
+            self.storage = None            # launcher=slurm slurm.dry_run=true: print the first batch, store nothing
+            log.info("optuna: dry run: the study is kept in memory")
         study, url = self.open_study()
         remaining, line = resume(study, self.n_trials)
         log.info("optuna: %s", line)
@@ -455,7 +465,16 @@ class SegsweepOptunaSweeper(Sweeper):
                 for trial in trials:
                     study.tell(trial, state=TrialState.FAIL)
                 raise
-            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            except BaseException as exc:   # Ctrl-C, SIGTERM (exit 143), a launcher that stops: the next search
+                for trial in trials:       # trains these configurations first
+                    try:
+                        requeue(study, trial, f"the search stopped ({type(exc).__name__}: {exc}) while it ran")
+                    except Exception as err:   # the next search finds it RUNNING and re-enqueues it then
+                        log.warning("optuna: could not re-enqueue trial %d: %s: %s", trial.number,
+                                    type(err).__name__, err)
+                raise
             for trial, ret in zip(trials, results):
                 self._tell(study, trial, ret)
             job_idx += len(trials)
