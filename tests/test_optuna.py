@@ -113,7 +113,7 @@ def test_storage_auto_uses_a_schema_of_its_own_in_the_postgres_tracking_database
 def test_storage_for_a_tracking_server_comes_from_the_environment_or_stays_in_memory():
     url, where = osw.study_storage("auto", "http://127.0.0.1:55000", env={})
     assert url is None
-    assert where.startswith("in memory: no database can be derived from the tracking URI http://127.0.0.1:55000; "
+    assert where.startswith("no database can be derived from the tracking URI http://127.0.0.1:55000; "
                             "set hydra.sweeper.storage=URL or $SEGSWEEP_OPTUNA_STORAGE")
     env = {"SEGSWEEP_OPTUNA_STORAGE": "postgresql://mlflow@127.0.0.1:55432/mlflow"}
     url, where = osw.study_storage("auto", "http://127.0.0.1:55000", env=env)
@@ -176,9 +176,9 @@ class FakeLauncher:
         return out
 
 
-def _sweeper(tmp_path, launcher, n_trials, n_jobs=1, storage="auto"):
+def _sweeper(tmp_path, launcher, n_trials, n_jobs=1, storage="auto", uri=None, overrides=()):
     cfg = compose_cfg(["hparams=optuna", f"paths.output={tmp_path}", f"hydra.sweep.dir={tmp_path}/sweep",
-                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"], return_hydra_config=True)
+                       f"tracking.uri={uri or f'sqlite:///{tmp_path}/mlflow.db'}", *overrides], return_hydra_config=True)
     sw = osw.SegsweepOptunaSweeper(direction="maximize", study_name="study", storage=storage, n_trials=n_trials,
                                    n_jobs=n_jobs, sampler=OmegaConf.create({"seed": 0, "n_startup_trials": 2}),
                                    params=OmegaConf.to_container(cfg.hydra.sweeper.params))
@@ -283,6 +283,26 @@ def test_a_running_trial_of_a_live_search_is_left_alone(tmp_path):
     remaining, line = osw.resume(study, 3)
     assert remaining == 2 and line == "found 1 trials (0 COMPLETE, 0 FAIL, 1 RUNNING in another live search); n_trials=3: 2 remain"
     assert study.trials[0].state == TrialState.RUNNING
+
+
+def test_with_a_tracking_server_and_no_storage_the_study_is_in_memory_with_one_warning(tmp_path, caplog,
+                                                                                         monkeypatch):
+    monkeypatch.delenv("SEGSWEEP_OPTUNA_STORAGE", raising=False)
+    launcher = FakeLauncher()
+    _sweeper(tmp_path, launcher, n_trials=2, uri="http://127.0.0.1:1").sweep([])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["optuna: study 'study' in memory: no database can be derived from the tracking URI "
+                        "http://127.0.0.1:1; set hydra.sweeper.storage=URL or $SEGSWEEP_OPTUNA_STORAGE (e.g. the "
+                        "PostgreSQL database behind the tracking server) so an interrupted search resumes"]
+    assert len(launcher.batches) == 2 and not list(tmp_path.glob("*.db"))
+
+
+def test_a_dry_run_stores_nothing(tmp_path, caplog):
+    caplog.set_level("INFO")
+    sw = _sweeper(tmp_path, FakeLauncher(), n_trials=1, overrides=["launcher=slurm", "slurm.dry_run=true"])
+    sw.sweep([])
+    assert sw.dry_run and "optuna: study 'study' in memory (dry run: nothing is stored)" in caplog.text
+    assert not (tmp_path / "optuna.db").exists()
 
 
 def test_a_resumed_search_does_not_replay_the_first_ones_random_trials(tmp_path):

@@ -201,7 +201,7 @@ def study_storage(storage: Optional[str], tracking_uri: Optional[str],
 
     env = os.environ if env is None else env
     if storage is None or str(storage).strip().lower() in ("", "null", "none", "memory"):
-        return None, "in memory (hydra.sweeper.storage=null): an interrupted search starts over"
+        return None, "hydra.sweeper.storage=null: an interrupted search starts over"
     storage = str(storage).strip()
     if storage == "auto":
         if env.get(STORAGE_ENV):
@@ -213,7 +213,7 @@ def study_storage(storage: Optional[str], tracking_uri: Optional[str],
             if scheme == "sqlite":
                 url = make_url(uri)
                 if not url.database or url.database == ":memory:":
-                    return None, f"in memory: the tracking store {uri} is an in-memory sqlite database"
+                    return None, f"the tracking store {uri} is an in-memory sqlite database"
                 db = Path(url.database)
                 name = STUDY_FILE if db.name != STUDY_FILE else "optuna_study.db"
                 out = url.set(database=str(db.with_name(name)))
@@ -222,7 +222,7 @@ def study_storage(storage: Optional[str], tracking_uri: Optional[str],
                 out = _with_schema(make_url(uri))
                 return (out.render_as_string(hide_password=False),
                         f"in the tracking store's database, schema {_pg_schema(out)}")
-            return None, (f"in memory: no database can be derived from the tracking URI {uri or '(none)'}; set "
+            return None, (f"no database can be derived from the tracking URI {uri or '(none)'}; set "
                           f"hydra.sweeper.storage=URL or ${STORAGE_ENV} (e.g. the PostgreSQL database behind the "
                           "tracking server) so an interrupted search resumes")
     else:
@@ -403,6 +403,7 @@ class SegsweepOptunaSweeper(Sweeper):
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher = None
+        self.dry_run = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -416,9 +417,10 @@ class SegsweepOptunaSweeper(Sweeper):
         """Create or load the study where `storage` says -> (study, storage URL or None)."""
         import optuna
 
-        url, where = study_storage(self.storage, OmegaConf.select(self.config, "tracking.uri", default=None))
-        if url is None and self.storage is not None and str(self.storage).strip().lower() not in ("none", "null", ""):
-            log.warning("optuna: the study is kept %s", where)
+        if self.dry_run:
+            url, where = None, "dry run: nothing is stored"
+        else:
+            url, where = study_storage(self.storage, OmegaConf.select(self.config, "tracking.uri", default=None))
         if url is not None:
             prepare_storage(url)
         study = optuna.create_study(study_name=self.study_name, storage=url, direction=self.direction,
@@ -427,7 +429,12 @@ class SegsweepOptunaSweeper(Sweeper):
         held = len(study.get_trials(deepcopy=False))
         seed = None if self.seed is None else int(self.seed) + held
         study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
-        log.info("optuna: study %r in %s (%s)", study.study_name, shown(url), where)
+        if url is not None:
+            log.info("optuna: study %r in %s (%s)", study.study_name, shown(url), where)
+        elif self.dry_run or self.storage is None or str(self.storage).strip().lower() in ("", "null", "none"):
+            log.info("optuna: study %r in memory (%s)", study.study_name, where)
+        else:
+            log.warning("optuna: study %r in memory: %s", study.study_name, where)
         return study, url
 
     def sweep(self, arguments: List[str]) -> Any:
@@ -443,9 +450,8 @@ class SegsweepOptunaSweeper(Sweeper):
 
         from optuna.trial import TrialState
 
-        if OmegaConf.select(self.config, "hydra.launcher.dry_run", default=False):
-            self.storage = None            # launcher=slurm slurm.dry_run=true: print the first batch, store nothing
-            log.info("optuna: dry run: the study is kept in memory")
+        # launcher=slurm slurm.dry_run=true prints the first batch and exits: nothing goes into the study's database
+        self.dry_run = bool(OmegaConf.select(self.config, "hydra.launcher.dry_run", default=False))
         study, url = self.open_study()
         remaining, line = resume(study, self.n_trials)
         log.info("optuna: %s", line)
