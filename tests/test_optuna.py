@@ -456,3 +456,6 @@ def test_postgres_study_lives_in_its_own_schema_of_the_tracking_database(postgre
     assert tables == {("optuna", "trials"), ("optuna", "studies"), ("optuna", "alembic_version"),
                       ("public", "alembic_version"), ("public", "runs")}
     assert MlflowClient(tracking_uri=postgres).search_experiments()[0].name == "Default"
+    # why the schema: in MLflow's own schema Optuna takes MLflow's alembic_version row for its schema version
+    with pytest.raises(RuntimeError, match="no longer compatible with the table schema"):
+        optuna.storages.RDBStorage(postgres)
