@@ -429,8 +429,8 @@ def postgres(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.slow   # a PostgreSQL server and MLflow's migrations
-def test_postgres_study_lives_in_its_own_schema_of_the_tracking_database(postgres):
+@pytest.mark.slow   # a PostgreSQL server, MLflow's migrations and one trial through run.py
+def test_postgres_study_lives_in_its_own_schema_of_the_tracking_database(postgres, tmp_path, phantom_cache):
     from mlflow import MlflowClient
     from sqlalchemy import create_engine, text
 
@@ -456,6 +456,23 @@ def test_postgres_study_lives_in_its_own_schema_of_the_tracking_database(postgre
     assert tables == {("optuna", "trials"), ("optuna", "studies"), ("optuna", "alembic_version"),
                       ("public", "alembic_version"), ("public", "runs")}
     assert MlflowClient(tracking_uri=postgres).search_experiments()[0].name == "Default"
+    # why the schema: in MLflow's own schema Optuna takes MLflow's alembic_version row for its schema version
+
+    # a search with the PostgreSQL store as tracking URI (cwd tmp_path: MLflow's default artifact root is ./mlruns)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": postgres, "SEGSWEEP_CACHE": str(phantom_cache)}
+    env.pop("SEGSWEEP_OPTUNA_STORAGE", None)
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "run.py"), "-m", "hparams=optuna", *TINY,
+                           "hydra.sweeper.n_trials=1", f"paths.output={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/s"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (f"optuna: study 'covid_infection-unet-bce_dice' in {postgres}?options=-csearch_path%3Doptuna (in the "
+            "tracking store's database, schema optuna)") in done.stdout + done.stderr
+    (trial,) = optuna.load_study(study_name="covid_infection-unet-bce_dice", storage=url).trials
+    run = MlflowClient(tracking_uri=postgres).get_run(trial.user_attrs["mlflow_run_id"])
+    assert trial.state == TrialState.COMPLETE and run.info.status == "FINISHED"
+    assert trial.value == pytest.approx(run.data.metrics["best/val/dice"], abs=1e-12)
+    assert run.data.tags["optuna.trial"] == "0"
+
     # why the schema: in MLflow's own schema Optuna takes MLflow's alembic_version row for its schema version
     with pytest.raises(RuntimeError, match="no longer compatible with the table schema"):
         optuna.storages.RDBStorage(postgres)
