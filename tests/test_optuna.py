@@ -297,6 +297,14 @@ def test_with_a_tracking_server_and_no_storage_the_study_is_in_memory_with_one_w
     assert len(launcher.batches) == 2 and not list(tmp_path.glob("*.db"))
 
 
+def test_a_study_of_the_other_direction_is_refused(tmp_path):
+    optuna.create_study(study_name="study", storage=f"sqlite:///{tmp_path}/optuna.db", direction="minimize")
+    with pytest.raises(ValueError) as err:
+        _sweeper(tmp_path, FakeLauncher(), n_trials=1).sweep([])
+    assert str(err.value) == (f"hydra.sweeper.direction=maximize, but study 'study' in sqlite:///{tmp_path}/optuna.db "
+                              "was created to minimize: set hydra.sweeper.study_name=NAME for a new study")
+
+
 def test_a_dry_run_stores_nothing(tmp_path, caplog):
     caplog.set_level("INFO")
     sw = _sweeper(tmp_path, FakeLauncher(), n_trials=1, overrides=["launcher=slurm", "slurm.dry_run=true"])

@@ -425,6 +425,10 @@ class SegsweepOptunaSweeper(Sweeper):
             prepare_storage(url)
         study = optuna.create_study(study_name=self.study_name, storage=url, direction=self.direction,
                                     load_if_exists=True)
+        if study.direction.name.lower() != self.direction:
+            raise ValueError(f"hydra.sweeper.direction={self.direction}, but study {study.study_name!r} in {shown(url)} "
+                             f"was created to {study.direction.name.lower()}: set hydra.sweeper.study_name=NAME "
+                             "for a new study")
         # the seed moves on with the study, so a resumed search does not replay the first one's random trials
         held = len(study.get_trials(deepcopy=False))
         seed = None if self.seed is None else int(self.seed) + held
