@@ -17,9 +17,10 @@
   (http/https) or another store -> in memory with a one-line warning. `null` = in memory. An explicit URL is
   used as given, except that a PostgreSQL URL without `options` gets the `optuna` schema.
 - **resume**: the study (`study_name`, `load_if_exists`) continues where it stopped: `n_trials` is the study's
-  total, its COMPLETE trials count toward it; trials that a killed search left RUNNING are marked FAIL and
-  their parameters re-enqueued (the configuration is trained again, and seg's own resume by config_hash
-  continues its MLflow run from the last checkpoint). The sampler's seed is `seed` plus the number of trials
+  total, its COMPLETE trials count toward it. A search stopped while trials ran (Ctrl-C, SIGTERM, a launcher
+  that exits) marks them FAIL and re-enqueues their parameters; trials that a search killed outright left
+  RUNNING (its process is gone) get the same at the next search. The configuration is trained again first,
+  and seg's own resume by config_hash continues its MLflow run from the last checkpoint. The sampler's seed is `seed` plus the number of trials
   the study already holds, so a resumed search does not replay the random start-up trials of the first one.
 - **MLflow**: each trial's run is tagged `optuna.study` and `optuna.trial`; the trial keeps the run id as
   user attribute `mlflow_run_id`.
