@@ -238,6 +238,8 @@ env_lines() {
     echo "export SLURM_CONF=$CONF"
     echo "export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT"
     echo "export PGPASSFILE=$PGPASSFILE_PATH"
+    # hparams=optuna: the study in the server's database, schema optuna (hydra_plugins/segsweep_optuna)
+    echo "export SEGSWEEP_OPTUNA_STORAGE=postgresql+psycopg2://mlflow@127.0.0.1:$PG_PORT/mlflow"
 }
 
 status() {
