@@ -248,6 +248,13 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_LEN else text[:MAX_PARAM_LEN - 3] + "..."
 
 
+def set_run_tags(uri: str, run_id: str, tags: dict) -> None:
+    """Set `tags` (values as strings) on one run of the store at `uri` (e.g. the Optuna sweeper's trial tags)."""
+    client = MlflowClient(tracking_uri=uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
 def search_runs(uri: str, experiment: str, filter_string: str = "") -> list:
     """Runs of one experiment (newest first) as mlflow Run objects; [] when the experiment is absent."""
     client = MlflowClient(tracking_uri=uri)

@@ -370,11 +370,9 @@ def tag_run(job: Mapping[str, Any], tags: Mapping[str, Any]) -> None:
     if not job.get("run_id") or not job.get("tracking_uri"):
         return
     try:
-        from mlflow import MlflowClient
+        from seg.tracking import set_run_tags
 
-        client = MlflowClient(tracking_uri=job["tracking_uri"])
-        for key, value in tags.items():
-            client.set_tag(job["run_id"], key, str(value))
+        set_run_tags(job["tracking_uri"], job["run_id"], tags)
     except Exception as exc:
         log.warning("could not tag MLflow run %s with the Optuna trial: %s: %s", job["run_id"],
                     type(exc).__name__, exc)
