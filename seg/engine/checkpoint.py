@@ -205,14 +205,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", require_con
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if "Weights only load failed" in text:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-            what = f" (it references {found.group(1)})" if found else ""
+        # the weights-only unpickler says "Unsupported global" for an object it will not build (what a
+        # malicious or foreign pickle needs), and stops at the first opcode of a bare pickle (pickle.dump,
+        # protocol >= 2: first byte PROTO) it does not read; other bytes are no checkpoint at all
+        found = re.search(r"GLOBAL (\S+?)(?: whose|\s|$)", text)
+        with open(path, "rb") as fh:
+            bare_pickle = fh.read(1) == pickle.PROTO
+        if "Weights only load failed" in text and (found or bare_pickle):
+            what = f" (it references {found.group(1)})" if found else " (a bare pickle, not a torch.save file)"
             raise CheckpointError(f"refusing checkpoint {path}: it needs arbitrary pickled objects{what}, which "
                                   "could run code when loaded; only weights-only checkpoints (tensors, dicts, "
                                   "lists, numbers, strings) are accepted, as written by seg.train") from None
+        detail = re.search(r"(Unsupported \w+ \S+)", text)
         raise CheckpointError(f"not a PyTorch checkpoint: {path} "
-                              f"({text.splitlines()[0] if text else 'unpickling failed'})") from None
+                              f"({detail.group(1) if detail else text.splitlines()[0] if text else 'unpickling failed'})") from None
     except Exception as err:  # truncated / corrupt: EOFError, RuntimeError, struct.error, BadZipFile, ...
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(err).__name__}: {err}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \

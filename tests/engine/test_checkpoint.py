@@ -111,3 +111,81 @@ def test_a_last_pt_written_before_schema_1_still_resumes(tmp_path):
     other = torch.Generator().manual_seed(99)
     checkpoint.set_rng_state(ckpt["rng"], other)
     assert torch.equal(torch.randperm(8, generator=other), expected) and ckpt["history"] is None
+
+
+# --- the payloads' exact contents and load()'s refusals (mutation testing found them unchecked) -------------
+
+def _tiny():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    return net, opt
+
+
+def test_best_and_last_payloads_hold_exactly_the_documented_keys_and_values():
+    net, opt = _tiny()
+    cfg = {"amp": "bf16", "model": {"name": "unet"}}
+    best = checkpoint.best_payload(net, cfg, epoch=3, monitor="val/dice", value=0.75)
+    assert set(best) == {"schema", "state_dict", "config", "amp", "epoch", "monitor", "value"}
+    assert (best["schema"], best["amp"], best["epoch"], best["monitor"], best["value"]) == (1, "bf16", 3, "val/dice", 0.75)
+    assert best["config"] is cfg and torch.equal(best["state_dict"]["weight"], net.weight)
+    assert checkpoint.best_payload(net, {}, 0, "val/dice", 0.5)["amp"] == "auto"     # a config without amp
+
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    gen = torch.Generator().manual_seed(5)
+    loop, history = {"epoch": 4, "best": 0.7, "steps": 5}, [{"epoch": 0, "val/dice": 0.5}]
+    last = checkpoint.last_payload(net, cfg, opt, sched, scaler, loop, history, gen, None)
+    assert set(last) == {"schema", "state_dict", "config", "amp", "epoch", "optimizer", "scheduler", "scaler", "rng",
+                         "loop", "history"}
+    assert (last["schema"], last["amp"], last["epoch"]) == (1, "bf16", 4) and last["config"] is cfg
+    assert last["optimizer"]["state"][0]["momentum_buffer"].shape == (2, 3)        # the optimizer's own state
+    assert last["scheduler"] == sched.state_dict() and last["scaler"] == scaler.state_dict()
+    assert torch.equal(last["rng"]["loader"], gen.get_state())
+    assert last["loop"] == loop and last["loop"] is not loop and last["history"] == history
+    assert last["history"][0] is not history[0]                                     # copies, not the live objects
+    assert checkpoint.last_payload(net, {}, opt, None, scaler, loop, [], None, None)["scheduler"] is None
+
+
+def test_load_returns_the_dict_and_refuses_what_is_not_a_checkpoint_naming_the_file(tmp_path):
+    good = {"state_dict": {"w": torch.ones(2)}, "config": {"amp": "off"}}
+    torch.save(good, tmp_path / "good.pt")
+    got = checkpoint.load(tmp_path / "good.pt")
+    assert set(got) == {"state_dict", "config"} and torch.equal(got["state_dict"]["w"], torch.ones(2))
+    assert got["state_dict"]["w"].device.type == "cpu"
+    cases = {"missing.pt": (None, "checkpoint not found"),
+             "text.pt": (b"not a pickle", "not a PyTorch checkpoint"),
+             "no_config.pt": ({"state_dict": {}}, "is not a segsweep checkpoint"),        # config required by default
+             "not_dict_config.pt": ({"state_dict": {}, "config": "x"}, "is not a segsweep checkpoint"),
+             "no_state.pt": ({"config": {}}, "is not a segsweep checkpoint"),
+             "list.pt": ([1, 2], "got list")}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            torch.save(content, path)
+        with pytest.raises(checkpoint.CheckpointError) as err:
+            checkpoint.load(path)
+        assert message in str(err.value) and str(path) in str(err.value), name
+    # a last.pt written before schema 1 has no config: accepted only when asked
+    assert checkpoint.load(tmp_path / "no_config.pt", require_config=False) == {"state_dict": {}}
+    with pytest.raises(checkpoint.CheckpointError, match="expected a dict with 'state_dict' and 'config'.*\\['config'\\]"):
+        checkpoint.load(tmp_path / "no_state.pt", require_config=False)
+
+
+@pytest.mark.parametrize("missing", ["optimizer", "loop"])
+def test_a_last_pt_without_what_a_resume_needs_is_set_aside(tmp_path, missing):
+    payload = {"state_dict": {"w": torch.ones(2)}, "config": {}, "optimizer": {}, "loop": {"epoch": 1}}
+    del payload[missing]
+    if missing == "loop":      # a schema-1 file without loop would be "upgraded": give it the new keys' marker
+        payload["rng"] = None
+    torch.save(payload, tmp_path / "last.pt")
+    ckpt, notes = checkpoint.resume_state(tmp_path)
+    if missing == "optimizer":
+        assert ckpt is None and f"has no {missing!r}: not a resumable last.pt" in notes[0]
+        assert (tmp_path / "last.pt.damaged").is_file()
+    else:                      # no loop: read as a pre-schema-1 file and upgraded (loop from its flat keys)
+        assert notes == [] and ckpt["loop"] == {}
