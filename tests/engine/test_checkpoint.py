@@ -189,3 +189,50 @@ def test_a_last_pt_without_what_a_resume_needs_is_set_aside(tmp_path, missing):
         assert (tmp_path / "last.pt.damaged").is_file()
     else:                      # no loop: read as a pre-schema-1 file and upgraded (loop from its flat keys)
         assert notes == [] and ckpt["loop"] == {}
+
+
+def test_only_last_prev_left_by_a_kill_between_the_two_renames_is_resumed(tmp_path):
+    """_write_atomic renames last.pt -> last.prev.pt, then the new file -> last.pt: a kill in between
+    leaves only last.prev.pt, which must be found."""
+    torch.save(_last(2.0, 5), tmp_path / "last.prev.pt")
+    ckpt, notes = checkpoint.resume_state(tmp_path)
+    assert notes == [] and ckpt["loop"]["epoch"] == 5 and torch.equal(ckpt["state_dict"]["w"], torch.full((2,), 2.0))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_checkpointer_keeps_the_previous_last_holds_every_resume_state_and_drops_a_superseded_run(tmp_path):
+    from types import SimpleNamespace
+
+    from seg.engine.hooks import Checkpointer
+    from seg.engine.loop import LoopState
+
+    net, opt = _tiny()
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    sched.step()
+    gen = torch.Generator().manual_seed(11)
+    data = PairedDataset(build_transforms(8, train=True, seed=3))
+    old = tmp_path / "old_run"
+    old.mkdir()
+    for name in ("last.pt", "last.prev.pt", "best.pt"):
+        (old / name).write_bytes(b"x")
+    saver = Checkpointer(tmp_path / "ckpt", {"amp": "off"}, gen, data, supersedes=old)
+    state = LoopState()
+    ctx = SimpleNamespace(model=net, optimizer=opt, scheduler=sched, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                          state=state, monitor="val/dice")
+    state.epoch, state.best, state.best_epoch = 0, 0.5, 0
+    saver.on_checkpoint(ctx, improved=True)
+    # the resumed-from run's last.pt / last.prev.pt are gone once this run has its own; its best.pt stays
+    assert not (old / "last.pt").exists() and not (old / "last.prev.pt").exists() and (old / "best.pt").exists()
+    first = checkpoint.load(saver.last)
+    state.epoch = 1
+    saver.on_checkpoint(ctx, improved=False)
+    prev = checkpoint.load(saver.folder / "last.prev.pt")
+    assert prev["epoch"] == 0 and checkpoint.load(saver.last)["epoch"] == 1 == checkpoint.load(saver.last)["loop"]["epoch"]
+    assert checkpoint.load(saver.best)["epoch"] == 0            # not improved: best.pt untouched
+    assert first["scheduler"]["last_epoch"] == 1 and first["scheduler"]["_last_lr"] == pytest.approx([0.05])
+    assert torch.equal(first["rng"]["loader"], gen.get_state())
+    assert len(first["rng"]["transforms"]) == 1 and first["rng"]["transforms"][0]["numpy"] == \
+        data.transform.random_generator.bit_generator.state
+    same = Checkpointer(tmp_path / "ckpt", {"amp": "off"}, gen, data, supersedes=tmp_path / "ckpt")
+    same.on_checkpoint(ctx, improved=False)                     # resuming in its own folder deletes nothing
+    assert saver.last.exists() and (saver.folder / "last.prev.pt").exists()
