@@ -180,10 +180,7 @@ def _run_locked(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook], chash: str, r
              cfg.tracking.experiment, out_dir)
     describe_experiment(cfg.tracking.uri, cfg.tracking.experiment, _experiment_note(cfg))
     with tracker:
-        flat = flatten(resolved)
-        if not cv_enabled(cfg):   # no cross-validation: the params of a run without the `cv` node
-            flat = {k: v for k, v in flat.items() if not k.startswith("cv.")}
-        params = tidy_params(flat)
+        params = run_params(resolved)
         if resume["run_id"] is not None:  # params are immutable in MLflow: log only those the run lacks
             params = {k: v for k, v in params.items() if k not in unfinished.data.params}
         tracker.log_params(params)
@@ -283,6 +280,16 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
         for name in (checkpoint.LAST, checkpoint.PREV):
             (resume["folder"] / name).unlink(missing_ok=True)
     return float(state.best)
+
+
+def run_params(resolved: dict) -> dict:
+    """The MLflow params of a run: its flattened resolved config, tidied (seg.tracking.tidy_params). Without
+    cross-validation (cv.folds null) the `cv.*` keys are left out, so such a run logs the params it logged
+    before the `cv` node existed; with it, cv.folds / cv.fold / cv.seed are params (and tags cv_*)."""
+    flat = flatten(resolved)
+    if not cv_enabled(resolved):
+        flat = {k: v for k, v in flat.items() if not k.startswith("cv.")}
+    return tidy_params(flat)
 
 
 def _run_note(cfg: DictConfig, ctx: dict) -> str:
