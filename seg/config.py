@@ -48,6 +48,21 @@ if not OmegaConf.has_resolver("if_null"):
     OmegaConf.register_new_resolver("if_null", if_null)
 
 
+def cv_suffix(folds: Any, fold: Any) -> str:
+    """`${cv_suffix:${cv.folds},${cv.fold}}`: "-f<fold>" for a cross-validation run (folds set), else ""."""
+    return "" if folds is None else f"-f{fold}"
+
+
+if not OmegaConf.has_resolver("cv_suffix"):
+    OmegaConf.register_new_resolver("cv_suffix", cv_suffix)
+
+
+def cv_enabled(cfg: Any) -> bool:
+    """True when a (resolved or composed) config runs k-fold cross-validation: `cv.folds` set."""
+    cv = cfg.get("cv") if hasattr(cfg, "get") else None
+    return cv is not None and cv.get("folds") is not None
+
+
 def build(node: DictConfig, **kwargs: Any) -> Any:
     """Instantiate a `_target_` node without its META_KEYS; kwargs are run-time arguments.
 

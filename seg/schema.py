@@ -86,7 +86,26 @@ RULES: tuple[Rule, ...] = (
     Rule("tracking.stale_after_s", "float", 0, low_open=True, required=False),
     Rule("tracking.log_model", "bool", required=False),
     Rule("tracking.system_metrics", "bool", required=False),
+    Rule("cv.folds", "int", 2, nullable=True, required=False),
+    Rule("cv.fold", "int", 0, nullable=True, required=False),
+    Rule("cv.seed", "int", 0, 2**32 - 1, required=False),
 )
+
+
+def check_cv(cfg: DictConfig) -> None:
+    """The cross-validation keys together: cv.fold in 0..cv.folds-1 when cv.folds is set, unset otherwise.
+    (Each key's own type and range are RULES.)"""
+    folds, fold = OmegaConf.select(cfg, "cv.folds"), OmegaConf.select(cfg, "cv.fold")
+    if folds is None:
+        if fold is not None:
+            raise ConfigError(f"cv.fold={fold!r} without cv.folds: set cv.folds=K (K >= 2) too, or leave cv.fold "
+                              "unset (cv.folds=null: no cross-validation)")
+        return
+    if fold is None:
+        raise ConfigError(f"cv.fold=null: expected an integer in 0..{int(folds) - 1} with cv.folds={folds} "
+                          f"(every fold: -m cv.fold='range(0,{folds})')")
+    if int(fold) >= int(folds):
+        raise ConfigError(f"cv.fold={fold!r}: expected an integer in 0..{int(folds) - 1} (cv.folds={folds})")
 
 _MISSING = object()
 
@@ -143,5 +162,7 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = RULES, extra: Callable[[
                 continue
             raise ConfigError(f"{rule.key}=null: expected {rule.expected()}")
         _coerce(rule, value)
+    if rules is RULES:
+        check_cv(cfg)
     if extra is not None:
         extra(cfg)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from seg.config import HASH_EXCLUDED
+from seg.config import HASH_EXCLUDED, cv_enabled
 from seg.engine import checkpoint
 from seg.engine.checkpoint import write_text_atomic
 
@@ -33,8 +33,12 @@ log = logging.getLogger("segsweep")
 def config_hash(resolved: dict, replace: Sequence[str]) -> str:
     """Hash of the settings that define a run's result, machine independent: not the paths, tracking,
     device, threads, nor the sweep mechanics (resume, debug, launcher settings, seeds: each seed is a run).
-    `replace`: machine-specific path prefixes (cache, project root) replaced by placeholders."""
+    `replace`: machine-specific path prefixes (cache, project root) replaced by placeholders.
+    Cross-validation: `cv` (folds, fold, seed) is hashed only when cv.folds is set, so each fold is its own
+    configuration (like a seed) and a run without CV keeps the hash it had before the `cv` node existed."""
     keep = {k: v for k, v in resolved.items() if k not in HASH_EXCLUDED}
+    if not cv_enabled(keep):
+        keep.pop("cv", None)
     text = json.dumps(keep, sort_keys=True, default=str)
     for i, path in enumerate(replace):
         text = text.replace(path, f"<path{i}>")

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from seg.config import build, flatten, scheduler_patience_warning
+from seg.config import build, cv_enabled, flatten, scheduler_patience_warning
 from seg.data import open_dataset
 from seg.engine import checkpoint
 from seg.engine.hooks import Checkpointer, MLflowLogger, NanLossAtEpoch, SigtermAfterEpoch
@@ -106,7 +106,7 @@ def _open_data(cfg: DictConfig):
     `dataset.root` unset = the embedded phantom (seg.data.open_dataset); every validation and test file
     is read and checked here, before an MLflow run exists or epoch 1 starts.
     """
-    return open_dataset(cfg.dataset, seed=cfg.seed, cache_dir=cfg.paths.cache)
+    return open_dataset(cfg.dataset, seed=cfg.seed, cache_dir=cfg.paths.cache, cv=cfg.get("cv"))
 
 
 def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
@@ -163,6 +163,8 @@ def _run_locked(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook], chash: str, r
     tags = {"model": cfg.model.name, "loss": cfg.loss.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
             "sweep_id": ctx["sweep_id"], "config_hash": chash, "profile": cfg.profile.name,
             "overrides": ctx["overrides"], "output_dir": str(out_dir)}
+    if cv_enabled(cfg):         # cross-validation: the report groups a configuration's folds by these
+        tags.update({"cv_folds": cfg.cv.folds, "cv_fold": cfg.cv.fold, "cv_seed": cfg.cv.seed})
     if "parent_run_id" in job:
         tags["mlflow.parentRunId"] = job["parent_run_id"]
     tags.update(provenance_tags(device, cfg.threads))
@@ -178,7 +180,7 @@ def _run_locked(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook], chash: str, r
              cfg.tracking.experiment, out_dir)
     describe_experiment(cfg.tracking.uri, cfg.tracking.experiment, _experiment_note(cfg))
     with tracker:
-        params = tidy_params(flatten(resolved))
+        params = run_params(resolved)
         if resume["run_id"] is not None:  # params are immutable in MLflow: log only those the run lacks
             params = {k: v for k, v in params.items() if k not in unfinished.data.params}
         tracker.log_params(params)
@@ -280,10 +282,21 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     return float(state.best)
 
 
+def run_params(resolved: dict) -> dict:
+    """The MLflow params of a run: its flattened resolved config, tidied (seg.tracking.tidy_params). Without
+    cross-validation (cv.folds null) the `cv.*` keys are left out, so such a run logs the params it logged
+    before the `cv` node existed; with it, cv.folds / cv.fold / cv.seed are params (and tags cv_*)."""
+    flat = flatten(resolved)
+    if not cv_enabled(resolved):
+        flat = {k: v for k, v in flat.items() if not k.startswith("cv.")}
+    return tidy_params(flat)
+
+
 def _run_note(cfg: DictConfig, ctx: dict) -> str:
     """The run's description (markdown, shown by the MLflow UI): what it trains, on what, from which sweep."""
     where = "the embedded phantom" if cfg.dataset.get("root") in (None, "") else f"`{cfg.dataset.root}`"
-    lines = [f"**{cfg.model.name} + {cfg.loss.name}** on {cfg.dataset.name} ({where}), seed {cfg.seed}, "
+    fold = f", fold {cfg.cv.fold} of {cfg.cv.folds} (cv.seed {cfg.cv.seed})" if cv_enabled(cfg) else ""
+    lines = [f"**{cfg.model.name} + {cfg.loss.name}** on {cfg.dataset.name} ({where}), seed {cfg.seed}{fold}, "
              f"profile {cfg.profile.name}: {cfg.trainer.epochs} epoch(s) at {cfg.dataset.image_size} px, "
              f"optimizer {cfg.optimizer.get('name', '?')} lr {cfg.optimizer.get('lr', '?')}.",
              f"Selection metric: best `{cfg.trainer.monitor}`; test metrics under `test/` (counts `test_n/`, "

@@ -24,7 +24,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 __all__ = ["Case", "SegData", "open_dataset"]
 
 
-def open_dataset(dataset_cfg, seed: int, cache_dir):
+def open_dataset(dataset_cfg, seed: int, cache_dir, cv=None):
     """The dataset of a run: `dataset` config node, seed, cache folder -> SegData, val/test checked.
 
     dataset_cfg: the run's `dataset` node (DictConfig or dict) with `name`, `root`, `source` (a
@@ -32,6 +32,10 @@ def open_dataset(dataset_cfg, seed: int, cache_dir):
         embedded phantom, `seg.data.phantoms.WRITERS`).
     seed: fixes the split (where the reader makes one) and the training augmentations.
     cache_dir: where phantoms are written (`<cache_dir>/phantom/...`, once; `paths.cache`).
+    cv: the run's `cv` node ({"folds", "fold", "seed"}; None or folds null: no cross-validation). With
+        folds set it reaches the reader as its `cv` argument: the training patients / images are dealt
+        into folds by seg.data.layout (fold `fold` = validation; the test split does not move) and
+        SegData.split["cv"] records the folds.
 
     `dataset.root` set: the reader reads that folder. Unset (null): the dataset's phantom is written
     once (or found) under cache_dir and the same reader reads it. Then every validation and test
@@ -60,7 +64,21 @@ def open_dataset(dataset_cfg, seed: int, cache_dir):
         from seg.data.phantoms import write
 
         root = write(str(writer), Path(cache_dir) / "phantom")
-    data = build(cfg.source, seed=seed, root=str(root))
+    from seg.data.layout import Folds
+
+    folds = Folds.of(OmegaConf.to_container(cv, resolve=True) if isinstance(cv, DictConfig) else cv)
+    extra = {} if folds is None else {"cv": folds.record()}
+    if extra:
+        import inspect
+
+        from seg.data.datasets import module_for
+
+        target = str(cfg.source.get("_target_", ""))
+        reader = getattr(module_for(target), target.rsplit(".", 1)[-1])
+        if "cv" not in inspect.signature(reader).parameters:
+            raise ValueError(f"dataset {name}: cv.folds={folds.folds}: the reader {target} takes no `cv` argument, "
+                             "so it cannot split its training data into folds")
+    data = build(cfg.source, seed=seed, root=str(root), **extra)
     validate_cases(data, what=f"dataset {name} ({root})")
     return data
 

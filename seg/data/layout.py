@@ -4,11 +4,18 @@ resolve_root accepts the dataset's top folder or its parent (as the download unp
 the user points one level off (a parent further up, or a folder inside the dataset), says which
 folder to pass instead. stratified_split splits keys (patients, images) by seed. PNG reading
 lives in `seg.data.io.png`.
+
+Cross-validation (the `cv` config node, README "Cross-validation") lives here too, in one place for
+every dataset: `Folds.of(cv)` reads the node, `assign_folds` deals the keys of a training pool
+(patients, images) into K folds stratified by group, `cv_split` makes fold i the validation set and the
+other folds the training set, and `split_with_folds` builds the run's split (the test split untouched)
+with the fold record that is saved in split.json.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +132,126 @@ def stratified_split(keys: Sequence[str], strata: Sequence[str], val_fraction: f
         raise ValueError(f"{what}: val_fraction={val_fraction}, test_fraction={test_fraction} leave no "
                          f"training data out of {len(keys)}")
     return {k: sorted(v, key=natural_key) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-validation folds (one implementation for every dataset reader)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Folds:
+    """K-fold cross-validation of a training pool: fold `fold` (0-based) of `folds` is the validation set,
+    the other folds train; `seed` fixes which key goes to which fold (never the training seed), so every
+    model, loss and training seed of a study sees the same folds.
+
+    ValueError naming the config option (cv.folds, cv.fold, cv.seed) for a value out of range.
+    """
+
+    folds: int
+    fold: int
+    seed: int = 0
+
+    def __post_init__(self):
+        def whole(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not whole(self.folds) or self.folds < 2:
+            raise ValueError(f"cv.folds={self.folds!r}: expected an integer >= 2 (or null: no cross-validation)")
+        if not whole(self.fold) or not 0 <= self.fold < self.folds:
+            raise ValueError(f"cv.fold={self.fold!r}: expected an integer in 0..{self.folds - 1} (cv.folds="
+                             f"{self.folds}; every fold: cv.fold='range(0,{self.folds})')")
+        if not whole(self.seed) or self.seed < 0:
+            raise ValueError(f"cv.seed={self.seed!r}: expected an integer >= 0")
+
+    @classmethod
+    def of(cls, cv: "Folds | Mapping | None") -> "Folds | None":
+        """The `cv` config node (a mapping with folds, fold, seed; or a Folds) -> Folds; None when it is
+        None or its `folds` is null (cross-validation off)."""
+        if cv is None or isinstance(cv, Folds):
+            return cv
+        if not isinstance(cv, Mapping):
+            raise ValueError(f"cv={cv!r}: expected a mapping with folds, fold and seed (or null)")
+        if cv.get("folds") is None:
+            if cv.get("fold") is not None:
+                raise ValueError(f"cv.fold={cv.get('fold')!r} without cv.folds: set cv.folds=K (>= 2) too, "
+                                 "or leave cv.fold unset (cv.folds=null: no cross-validation)")
+            return None
+        unknown = set(cv) - {"folds", "fold", "seed"}
+        if unknown:
+            raise ValueError(f"cv has unknown key(s) {sorted(unknown)}; expected folds, fold and seed")
+        if cv.get("fold") is None:
+            raise ValueError(f"cv.fold=null: expected an integer in 0..{cv['folds'] - 1 if isinstance(cv['folds'], int) else 'K-1'} "
+                             f"with cv.folds={cv['folds']!r} (every fold: cv.fold='range(0,{cv['folds']})')")
+        return cls(cv["folds"], cv["fold"], cv.get("seed", 0) if cv.get("seed") is not None else 0)
+
+    def record(self) -> dict:
+        return {"folds": self.folds, "fold": self.fold, "seed": self.seed}
+
+
+def assign_folds(keys: Sequence[str], strata: Sequence[str], folds: int, seed: int, what: str) -> dict[str, int]:
+    """Keys (patients, images) -> fold index 0..folds-1, stratified, by `seed`.
+
+    The keys of each stratum (taken in natural order, then shuffled by `seed`) are laid one stratum after
+    the other (strata by name) and dealt to the folds in turn, so fold sizes differ by at most one and
+    each stratum's count per fold by at most one (a stratum with at least `folds` keys is in every fold).
+    The result does not depend on the order of `keys`. ValueError naming `what` and cv.folds when there
+    are fewer keys than folds or a key is repeated.
+    """
+    if len(keys) != len(strata):
+        raise ValueError(f"{what}: {len(keys)} keys but {len(strata)} strata")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{what}: a key is listed twice; fold assignment needs unique keys")
+    if len(keys) < folds:
+        raise ValueError(f"cv.folds={folds}: {what} has {len(keys)} key(s) to split, fewer than the folds; "
+                         f"use cv.folds <= {len(keys)}")
+    rng = np.random.default_rng(seed)
+    by: dict[str, list[str]] = {}
+    for key, stratum in sorted(zip(keys, strata), key=lambda ks: natural_key(ks[0])):
+        by.setdefault(str(stratum), []).append(key)
+    order: list[str] = []
+    for stratum in sorted(by):
+        members = by[stratum]
+        order += [members[i] for i in rng.permutation(len(members))]
+    return {key: i % folds for i, key in enumerate(order)}
+
+
+def cv_split(keys: Sequence[str], strata: Sequence[str], cv: Folds, what: str) -> tuple[dict[str, list[str]], dict]:
+    """A training pool -> ({"train", "val"} key lists in natural order, the fold record).
+
+    Fold `cv.fold` of `assign_folds(keys, strata, cv.folds, cv.seed)` is "val", the other folds "train".
+    The record (saved in split.json as "cv"): {"folds", "fold", "seed", "what", "members": the keys of
+    each fold, fold 0 first}.
+    """
+    assignment = assign_folds(keys, strata, cv.folds, cv.seed, what)
+    members = [sorted((k for k, f in assignment.items() if f == i), key=natural_key) for i in range(cv.folds)]
+    val = members[cv.fold]
+    train = sorted((k for k, f in assignment.items() if f != cv.fold), key=natural_key)
+    return {"train": train, "val": val}, {**cv.record(), "what": what, "members": members}
+
+
+def split_with_folds(pool: Sequence[str], strata: Sequence[str], test: Sequence[str], cv: Folds,
+                     what: str) -> dict:
+    """The split of a cross-validation run: the pool's fold `cv.fold` as "val", the rest of the pool as
+    "train", `test` as given (it never moves), and the fold record under "cv" (see cv_split).
+    ValueError when a test key is also in the pool."""
+    both = set(pool) & set(test)
+    if both:
+        raise ValueError(f"{what}: {len(both)} key(s) in both the training pool and the test split, e.g. "
+                         f"{sorted(both, key=natural_key)[0]}")
+    parts, record = cv_split(pool, strata, cv, what)
+    return {"train": parts["train"], "val": parts["val"], "test": list(test), "cv": record}
+
+
+def split_for(keys: Sequence[str], strata: Sequence[str], val_fraction: float, test_fraction: float, seed: int,
+              what: str, cv: "Folds | Mapping | None" = None) -> dict:
+    """The split of a dataset without a published one: `stratified_split` by `seed`; with cross-validation
+    (`cv`, see Folds.of) the test keys are those stratified_split holds out for seed=cv.seed (so the test
+    split never moves with the training seed), and the remaining keys are dealt into folds
+    (`split_with_folds`: fold cv.fold is "val"; the fold record under "cv")."""
+    folds = Folds.of(cv)
+    if folds is None:
+        return stratified_split(keys, strata, val_fraction, test_fraction, seed, what)
+    fixed = stratified_split(keys, strata, val_fraction, test_fraction, folds.seed, what)
+    stratum = dict(zip(keys, strata))
+    pool = fixed["train"] + fixed["val"]
+    return split_with_folds(pool, [stratum[k] for k in pool], fixed["test"], folds, what)

@@ -1,5 +1,6 @@
 """MODEL -> a trained network with its run's preprocessing: checkpoint file, MLflow run id, or
-best:<experiment>:<metric> (see seg.predict). Checkpoints load through seg.engine.checkpoint
+best:<experiment>:<metric> (see seg.predict); several (comma-separated, or best: of a cross-validation
+configuration) make one fold ensemble (seg.predict.ensemble). Checkpoints load through seg.engine.checkpoint
 (weights-only; the model through the allowlist of seg.models.build_model); the autocast dtype is
 the run's own `amp` setting (seg.runtime.amp_dtype), not always fp16."""
 from __future__ import annotations
@@ -107,6 +108,27 @@ def best_run(uri: str, experiment: str, metric: str):
     The configuration (model x loss x settings) with the best mean best/<metric> over its seeds, then its
     seed with the best best/<metric>: seg.report.runs.best_by_validation (smoke runs only if nothing else).
     """
+    run, _ = _best(uri, experiment, metric)
+    from seg.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(run.run_id)
+
+
+def best_runs(uri: str, experiment: str, metric: str) -> list[str]:
+    """The run ids `best:<experiment>:<metric>[@KEY=VALUE...]` stands for: the validation-selected
+    configuration as in `best_run`; for a cross-validation configuration (its runs have cv.folds) every run
+    of it (each fold, and each seed), in fold then seed order (seg.predict ensembles them); otherwise its
+    best seed's run alone."""
+    run, config = _best(uri, experiment, metric)
+    if config.is_cv:
+        log.info("best:%s:%s is a cross-validation configuration: the ensemble of its %d run(s) (folds %s)",
+                 experiment, metric, len(config.runs), ", ".join(config.folds))
+        return [r.run_id for r in config.runs]
+    return [run.run_id]
+
+
+def _best(uri: str, experiment: str, metric: str):
+    """(run, Config) of best:<experiment>:<metric>[@KEY=VALUE...] (see best_run)."""
     from seg.report.runs import ReportError, best_by_validation
 
     metric, *filters = metric.split("@")
@@ -123,17 +145,24 @@ def best_run(uri: str, experiment: str, metric: str):
         run, config = best_by_validation(uri, experiment, monitor, sweep_id=sweep, tags=tags)
     except ReportError as err:
         raise ModelError(f"best:{experiment}:{metric}: {err}") from None
-    log.info("best:%s:%s -> run %s (%s) of %s, best/%s = %.4f (mean over %d seed(s) %.4f)", experiment, metric,
+    log.info("best:%s:%s -> run %s (%s) of %s, best/%s = %.4f (mean over %d run(s) %.4f)", experiment, metric,
              run.run_id, run.name, config.label, monitor, run.metrics[f"best/{monitor}"], len(config.runs),
              config.val(monitor))
-    from seg.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri).get_run(run.run_id)
+    return run, config
 
 
 def resolve_model(spec: str, device: torch.device, uri: str | None = None) -> Model:
-    """MODEL argument (checkpoint path | run id | best:<experiment>:<metric>) -> Model."""
+    """MODEL argument (checkpoint path | run id | best:<experiment>:<metric> | several of them joined by
+    commas) -> Model. Several models (a comma list, or best: of a cross-validation configuration: its
+    fold runs) are one ensemble: the mean of their probabilities (seg.predict.ensemble)."""
     path = Path(spec).expanduser()
+    if "," in spec and not path.exists():
+        parts = [p.strip() for p in spec.split(",")]
+        if not all(parts):
+            raise ModelError(f"MODEL {spec!r}: an empty item in the comma-separated list of models")
+        from seg.predict.ensemble import ensemble_model
+
+        return ensemble_model([resolve_model(p, device, uri) for p in parts])
     if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():    # a run's output folder
         path = path / "checkpoints" / "best.pt"
     if path.exists():
@@ -161,7 +190,12 @@ def _model_from_mlflow(spec: str, device: torch.device, uri: str) -> Model:
         experiment, sep, metric = spec[len("best:"):].rpartition(":")
         if not sep or not experiment or not metric:
             raise ModelError(f"MODEL {spec!r}: expected best:<experiment>:<metric>, e.g. best:phantom_xray:dice")
-        run_id = best_run(uri, experiment, metric).info.run_id
+        run_ids = best_runs(uri, experiment, metric)
+        if len(run_ids) > 1:     # a cross-validation configuration: its fold models, as one ensemble
+            from seg.predict.ensemble import ensemble_model, model_of_run
+
+            return ensemble_model([model_of_run(uri, rid, device) for rid in run_ids])
+        run_id = run_ids[0]
     elif RUN_ID.fullmatch(spec):
         run_id = spec
     else:

@@ -12,6 +12,7 @@ from typing import Sequence
 import pandas as pd
 
 from seg.report import figures, stats
+from seg.report.cv import add_cv_section
 from seg.report.references import STRUCTURE_ALIASES, references_for
 from seg.report.render import (Section, Table, finite, fmt, fmt_ci, fmt_p, fmt_stat, render_html, render_markdown,
                                signed, slug)
@@ -62,7 +63,7 @@ def main_table(configs: Sequence[Config], ref: Config | None, has_empty: bool, u
         row = [c.model + (" ◆" if c is ref else ""), c.loss]
         if "settings" in headers:
             row.append(c.variant or "")
-        row += [str(len(c.runs)), ", ".join(c.seeds), fmt(s.get(f"val_{monitor.split('/', 1)[-1]}")),
+        row += [str(len(c.runs)), c.replicates_text, fmt(s.get(f"val_{monitor.split('/', 1)[-1]}")),
                 str(s["n_pos"]), fmt_ci(s["dice_pos"], s["dice_pos_ci_low"], s["dice_pos_ci_high"]),
                 fmt_ci(s["iou_pos"], s["iou_pos_ci_low"], s["iou_pos_ci_high"]),
                 fmt(s["hd95_median"], "hd"), fmt(s["hd95_pos"], "hd"),
@@ -79,6 +80,10 @@ def main_table(configs: Sequence[Config], ref: Config | None, has_empty: bool, u
                f"over {unit}s. {fixed}HD95 median / mean over {unit}s; 'HD95 penalty': how many case x structure "
                f"values (all seeds) are the empty-prediction penalty, of all. ◆ the reference configuration: best mean "
                f"best/{monitor} over its seeds (chosen on validation, never on test). {HD95_NOTE}")
+    if any(c.is_cv for c in configs):
+        caption += (" Cross-validation configurations (seeds column 'folds ... × seed ...'): the folds are averaged "
+                    f"per {unit} like seeds, and the selection criterion is the mean over folds; the fold ensemble "
+                    "is in the Cross-validation table.")
     if not any(finite(c.stats.get("hd95_pooled_median")) for c in configs):
         caption += " HD95 pooled: – where the runs' cases.csv has no hd95_pooled column (written before it existed)."
     return Table(headers, rows, set(), caption)
@@ -204,7 +209,9 @@ def scope_line(task: str, selection: Selection, configs: Sequence[Config]) -> st
     seeds = sorted({s for c in configs for s in c.seeds}, key=seed_key)
     per = sorted({len(c.runs) for c in configs})
     per_config = f"{per[0]}" if len(per) == 1 else f"{per[0]} to {per[-1]}" if per else "0"
-    text = (f"Scope: {selection.scope[task]}; {len(configs)} configuration(s), seeds {', '.join(seeds) or '–'} "
+    folds = sorted({f for c in configs for f in c.folds}, key=seed_key)
+    cv = f", cross-validation folds {', '.join(folds)}" if folds else ""
+    text = (f"Scope: {selection.scope[task]}; {len(configs)} configuration(s), seeds {', '.join(seeds) or '–'}{cv} "
             f"({per_config} run(s) per configuration).")
     chosen = selection.chosen_sweep.get(task)
     others = [s for s in selection.sweeps.get(task, []) if s.sweep_id != chosen]
@@ -217,7 +224,8 @@ def scope_line(task: str, selection: Selection, configs: Sequence[Config]) -> st
     return text
 
 
-def build_task(client, task: str, selection: Selection, out: Path, tmp: Path, frames: dict) -> Section:
+def build_task(client, task: str, selection: Selection, out: Path, tmp: Path, frames: dict,
+               ensemble: bool = True) -> Section:
     runs = selection.tasks[task]
     sec = Section(task)
     included = [r for r in runs if r.included]
@@ -297,6 +305,8 @@ def build_task(client, task: str, selection: Selection, out: Path, tmp: Path, fr
         else:
             sec.p("Not computed: it needs a reference configuration and at least one other with per-case results.")
 
+        add_cv_section(sec, configs, cases, ref, monitor, unit, has_empty, selection.uri, task, frames, ensemble)
+
         sec.h("Published reference")
         table, why = reference_table(task, dataset, ref, cases, structures, monitor)
         if table is not None:
@@ -316,8 +326,12 @@ def build_task(client, task: str, selection: Selection, out: Path, tmp: Path, fr
 
 
 def build_report(uri: str, out: Path, experiments: Sequence[str] = (), sweep_id: str | None = None,
-                 tags: dict | None = None, all_sweeps: bool = False, include_smoke: bool = False) -> dict:
-    """Write the report for the selected runs into `out`; returns {"files", "tasks", "seconds", "selection"}."""
+                 tags: dict | None = None, all_sweeps: bool = False, include_smoke: bool = False,
+                 ensemble: bool = True) -> dict:
+    """Write the report for the selected runs into `out`; returns {"files", "tasks", "seconds", "selection"}.
+
+    ensemble: for cross-validation configurations, score the fold ensemble on the test set (seg.report.cv;
+    cached in MLflow after the first time); False leaves it out."""
     start = time.perf_counter()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bar per artifact
     client = open_store(uri)
@@ -329,9 +343,9 @@ def build_report(uri: str, out: Path, experiments: Sequence[str] = (), sweep_id:
     if fig_dir.is_dir():
         shutil.rmtree(fig_dir)   # figures of an earlier report must not linger
     fig_dir.mkdir()
-    frames = {"summary": [], "comparisons": []}
+    frames = {"summary": [], "comparisons": [], "cv": [], "cv_comparisons": []}
     with tempfile.TemporaryDirectory(prefix="seg-report-") as tmp:
-        sections = [build_task(client, task, selection, out, Path(tmp), frames) for task in selection.tasks]
+        sections = [build_task(client, task, selection, out, Path(tmp), frames, ensemble) for task in selection.tasks]
     title = "segsweep report: architecture × loss"
     meta = [f"generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {uri}",
             f"selection: {selection.filters}",
@@ -339,7 +353,9 @@ def build_report(uri: str, out: Path, experiments: Sequence[str] = (), sweep_id:
             "units, seeds averaged per unit, bootstrap CIs, paired Wilcoxon with Holm, selection on validation only).",
             HD95_NOTE,
             "summary.csv: one row per configuration (n, means with 95% CIs, FP rate, validation criterion); "
-            "comparisons.csv: the paired tests; results.csv: one row per run."]
+            "comparisons.csv: the paired tests; results.csv: one row per run"
+            + ("; cv.csv: per cross-validation configuration, folds, fold mean and fold ensemble; cv_comparisons.csv: "
+               "the ensembles' paired tests." if frames["cv"] else ".")]
     meta += selection.notes
     files = {"html": out / "index.html", "md": out / "report.md", "csv": out / "results.csv"}
     files["html"].write_text(render_html(title, meta, sections), encoding="utf-8")

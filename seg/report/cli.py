@@ -35,6 +35,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--include-smoke", action="store_true",
                    help="also report smoke runs (trainer.limit_train_batches or a debug.* setting set); "
                         "left out by default")
+    p.add_argument("--no-ensemble", action="store_true",
+                   help="cross-validation studies: leave out the fold ensemble (scoring it loads every fold's "
+                        "checkpoint and the test data; the result is cached in MLflow after the first report)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow store; default $MLFLOW_TRACKING_URI or "
                                                          "sqlite:///<project>/mlruns/mlflow.db")
     p.add_argument("--out", type=Path, default=PROJECT_ROOT / "outputs" / "report", metavar="DIR",
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = tracking.resolve_uri(args.tracking_uri)
     try:
         result = build_report(uri, args.out, args.experiment, args.sweep_id, dict(args.tag), args.all_sweeps,
-                              args.include_smoke)
+                              args.include_smoke, ensemble=not args.no_ensemble)
     except ReportError as exc:
         print(f"seg.report: {exc}", file=sys.stderr)
         return 1

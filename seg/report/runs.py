@@ -9,8 +9,10 @@
   seg.train logs as MLflow params, less the keys `config_hash` leaves out (HASH_EXCLUDED) and less
   the seed. Runs of one model x loss whose settings differ become separate rows, each labelled with
   every differing key in full.
+- Cross-validation (README "Cross-validation"): a run's fold (tag `cv_fold`) is a replicate like its
+  seed: not a setting; the folds of one configuration are averaged like seeds (`Config.is_cv`).
 - Selection by validation only: `reference_config` is the configuration with the best mean
-  `best/<monitor>` over its seeds; `best_by_validation` picks a run for `seg.predict best:` the same way.
+  `best/<monitor>` over its seeds (and folds); `best_by_validation` picks a run for `seg.predict best:` the same way.
 """
 from __future__ import annotations
 
@@ -90,6 +92,18 @@ class Run:
         return self.tags.get("seed") or self.params.get("seed", "?")
 
     @property
+    def fold(self) -> str | None:
+        """The cross-validation fold of the run ("0", "1", ...), None when it ran without CV."""
+        value = self.tags.get("cv_fold") or self.params.get("cv.fold")
+        return str(value) if _is_set(value) and _is_set(self.tags.get("cv_folds") or self.params.get("cv.folds")) \
+            else None
+
+    @property
+    def replicate(self) -> tuple:
+        """What sets apart the runs of one configuration: (seed, fold) (fold "" without CV)."""
+        return seed_key(self.seed), seed_key(self.fold) if self.fold is not None else (-1, 0, "")
+
+    @property
     def config(self) -> tuple[str, str]:
         return self.model, self.loss
 
@@ -116,8 +130,8 @@ class Run:
         swaps = [(self.params[k], f"<path{i}>") for i, k in enumerate(("paths.cache", "paths.root"))
                  if _is_set(self.params.get(k))]
         out = {}
-        for key, value in self.params.items():
-            if key == "seed" or key.split(".", 1)[0] in HASH_EXCLUDED:
+        for key, value in self.params.items():   # the seed and the CV fold: replicates of one configuration
+            if key in ("seed", "cv.fold") or key.split(".", 1)[0] in HASH_EXCLUDED:
                 continue
             text = str(value)
             for path, token in swaps:
@@ -331,6 +345,24 @@ class Config:
     def seeds(self) -> list[str]:
         return sorted((r.seed for r in self.runs), key=seed_key)
 
+    @property
+    def is_cv(self) -> bool:
+        """A cross-validation configuration: its runs are folds (tag cv_fold / param cv.fold)."""
+        return any(r.fold is not None for r in self.runs)
+
+    @property
+    def folds(self) -> list[str]:
+        """The folds its runs cover, each once, in order ([] without CV)."""
+        return sorted({r.fold for r in self.runs if r.fold is not None}, key=seed_key)
+
+    @property
+    def replicates_text(self) -> str:
+        """The table's "seeds" cell: the seeds; for CV "folds 0, 1, 2 × seed 0"."""
+        if not self.is_cv:
+            return ", ".join(self.seeds)
+        seeds = sorted(set(self.seeds), key=seed_key)
+        return f"folds {', '.join(self.folds)} × seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+
     def val(self, monitor: str = DEFAULT_MONITOR) -> float:
         """Mean over seeds of `best/<monitor>` (the selection criterion); NaN when no run has it."""
         values = [float(r.metrics[f"best/{monitor}"]) for r in self.runs if _finite(r.metrics.get(f"best/{monitor}"))]
@@ -361,7 +393,7 @@ def group_configs(runs: Sequence[Run]) -> list[Config]:
             for settings, members in sorted(variants.items(), key=lambda kv: min(r.start_ms or 0 for r in kv[1])):
                 s = dict(settings)
                 label = ", ".join(f"{k}={s.get(k, '(absent)')}" for k in keys)
-                configs.append(Config(model, loss, sorted(members, key=lambda r: seed_key(r.seed)), label))
+                configs.append(Config(model, loss, sorted(members, key=lambda r: r.replicate), label))
     _flag(configs)
     return configs
 
@@ -372,7 +404,20 @@ def _flag(configs: Sequence[Config]) -> None:
         return
     most = max(len(c.runs) for c in configs)
     all_seeds = sorted({s for c in configs for s in c.seeds}, key=seed_key)
+    all_reps = sorted({r.replicate for c in configs for r in c.runs})
     for c in configs:
+        if c.is_cv:          # the runs of a CV configuration are (fold, seed) pairs
+            mine = [r.replicate for r in c.runs]
+            name = lambda rep: f"fold {rep[1][2] or rep[1][1]} seed {rep[0][2] or rep[0][1]}"
+            if len(c.runs) < most:
+                missing = [name(rep) for rep in all_reps if rep not in mine and rep[1] != (-1, 0, "")]
+                c.flags.append(f"fewer runs (fold x seed): {len(c.runs)} of {most}"
+                               + (f" (missing {', '.join(missing)})" if missing else ""))
+            repeated = sorted({rep for rep in mine if mine.count(rep) > 1})
+            if repeated:
+                c.flags.append(f"{', '.join(name(rep) for rep in repeated)} run more than once with the same settings "
+                               "(all averaged)")
+            continue
         if len(c.runs) < most:
             missing = [s for s in all_seeds if s not in c.seeds]
             c.flags.append(f"fewer seeds: {len(c.runs)} of {most}"
@@ -389,8 +434,8 @@ def cross_config_differences(configs: Sequence[Config]) -> list[str]:
     """Settings other than the model's and the loss's that differ between configurations, in full."""
     if len(configs) < 2:
         return []
-    per = [{k: v for k, v in c.runs[0].settings.items() if not k.startswith(("model.", "loss.", "model_size."))}
-           for c in configs]
+    per = [{k: v for k, v in c.runs[0].settings.items()   # (`model`, `loss`: MLflow's headline copies of the names)
+            if k not in ("model", "loss") and not k.startswith(("model.", "loss.", "model_size."))} for c in configs]
     out = []
     for k in differing_keys(per):
         values = Counter(p.get(k, "(absent)") for p in per)

@@ -65,7 +65,13 @@ def load_cases(client, runs: Sequence[Run], tmp: Path, key: dict | None = None) 
     cols = ["case_id", "structure", "gt_empty", "pred_empty", "dice", "run_id", "model", "loss", "seed", "config"]
     if not frames:
         return pd.DataFrame(columns=cols), notes
-    cases = pd.concat(frames, ignore_index=True)
+    return tidy_cases(pd.concat(frames, ignore_index=True)), notes
+
+
+def tidy_cases(cases: pd.DataFrame) -> pd.DataFrame:
+    """cases.csv rows as read (strings) -> values numeric, gt_empty / pred_empty boolean (from the Dice
+    where the columns are missing: NaN Dice = both empty), and the `unit` column (unit_of)."""
+    cases = cases.copy()
     for col in VALUE_COLUMNS:
         if col in cases:
             cases[col] = pd.to_numeric(cases[col], errors="coerce")
@@ -73,7 +79,7 @@ def load_cases(client, runs: Sequence[Run], tmp: Path, key: dict | None = None) 
     cases["gt_empty"] = _bool(cases["gt_empty"]) if "gt_empty" in cases else nan_dice
     cases["pred_empty"] = _bool(cases["pred_empty"]) if "pred_empty" in cases else nan_dice
     cases["unit"] = cases["case_id"].map(unit_of)
-    return cases, notes
+    return cases
 
 
 def unit_values(cases: pd.DataFrame, metric: str = "dice", structure: str | None = None) -> pd.DataFrame:

@@ -36,7 +36,7 @@ import numpy as np
 
 from seg.data.base import Case, Published, Reader, Reference, SegData
 from seg.data.io.nifti import Volume, nifti_shape, read_nifti  # noqa: F401  (nifti_shape re-exported)
-from seg.data.layout import resolve_root
+from seg.data.layout import Folds, resolve_root, split_with_folds
 from seg.data.transforms import PairedDataset, apply_image, transforms_pair, unit_slices
 from seg.data.validate import Report, check_nifti_pair, nifti_geometry_problems, progress
 
@@ -268,7 +268,7 @@ class AcdcCases(Sequence):
 
 
 def acdc(root: str, image_size: int, seed: int = 0, augment: bool = True, val_fraction: float = 0.2, labels: Sequence[int] | None = None,
-         transforms: dict | None = None) -> SegData:
+         transforms: dict | None = None, cv: dict | None = None) -> SegData:
     """ACDC short-axis cine MRI, ED + ES frames -> SegData.
 
     root: the `database` folder or its parent.
@@ -279,6 +279,10 @@ def acdc(root: str, image_size: int, seed: int = 0, augment: bool = True, val_fr
     labels: None = all structures, classes 0 bg, 1 RV, 2 myo, 3 LV, class_names ["rv", "myo", "lv"];
           else the ACDC values to keep, in order, e.g. [3] -> binary LV (class_names ["lv"]).
     transforms: `seg.data.transforms.build_transforms` options (normalize, hflip, elastic, ...).
+    cv: cross-validation {"folds": K, "fold": i, "seed": S} (seg.data.layout.Folds; None: off): the
+          training/ patients are dealt into K folds stratified by Group (by S, not `seed`), fold i is
+          validation, the rest train; the test set is testing/ (without testing/: the val_fraction share
+          held out by S, as a run with seed=S holds it out). split["cv"] records the folds.
 
     train: slices (image float32 (1, S, S), mask int64 (S, S)); each slice is min-max scaled to
     [0, 1], augmented (if augment), resized, then z-scored per slice.
@@ -291,7 +295,8 @@ def acdc(root: str, image_size: int, seed: int = 0, augment: bool = True, val_fr
     training = _patients(base / "training")
     if not training:
         raise FileNotFoundError(f"no patientNNN folders in {base / 'training'}.\nExpected layout:\n{LAYOUT}")
-    rng = np.random.default_rng(seed)
+    folds = Folds.of(cv)
+    rng = np.random.default_rng(seed if folds is None else folds.seed)   # CV: the test set never moves with seed
     testing = _patients(base / "testing") if (base / "testing").is_dir() else []
     if testing:
         test = testing
@@ -299,7 +304,15 @@ def acdc(root: str, image_size: int, seed: int = 0, augment: bool = True, val_fr
         log.info("ACDC %s has no testing/ patients: holding out %.0f%% of training/ as test set",
                  base, 100 * val_fraction)
         training, test = _holdout(training, val_fraction, rng, "test")
-    train, val = _holdout(training, val_fraction, rng, "validation")
+    fold_record = None
+    if folds is None:
+        train, val = _holdout(training, val_fraction, rng, "validation")
+    else:
+        split = split_with_folds([p.pid for p in training], [p.group for p in training], [p.pid for p in test],
+                                 folds, "ACDC training patients")
+        by_id = {p.pid: p for p in training}
+        train, val = [by_id[k] for k in split["train"]], [by_id[k] for k in split["val"]]
+        fold_record = split["cv"]
     train_tf, evaluate = transforms_pair(image_size, augment, seed, transforms)
     train_set = AcdcTrain(train, lut, train_tf)
     data = SegData(
@@ -307,7 +320,8 @@ def acdc(root: str, image_size: int, seed: int = 0, augment: bool = True, val_fr
         val=AcdcCases(val, lut, evaluate),
         test=AcdcCases(test, lut, evaluate),
         class_names=class_names,
-        split={"train": [p.pid for p in train], "val": [p.pid for p in val], "test": [p.pid for p in test]},
+        split={"train": [p.pid for p in train], "val": [p.pid for p in val], "test": [p.pid for p in test],
+               **({"cv": fold_record} if fold_record is not None else {})},
     )
     log.info("ACDC %s: train %d patients (%d slices), val %d patients (%d cases), test %d patients "
              "(%d cases); classes %s", base, len(train), len(train_set), len(val), len(data.val),

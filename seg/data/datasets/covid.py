@@ -7,7 +7,8 @@ Layouts of the real download:
     Lung Segmentation Data/{Train,Val,Test}/{COVID-19,Non-COVID,Normal}/
         {images,lung masks}/*.png
 
-The published Train/Val/Test split is used as is. Target: the infection mask (covid_infection)
+The published Train/Val/Test split is used as is (with cross-validation, `cv`, the Train + Val images
+are dealt into folds by category and Test stays). Target: the infection mask (covid_infection)
 or the lung mask (covid_lung), binary 0/1. Images are read as 8-bit grayscale; the intensity
 normalisation and augmentations come from the config's `transforms` (default: per-image z-score).
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from seg.data.base import Published, Reader, Reference, SegData
-from seg.data.layout import raise_unpaired, resolve_root
+from seg.data.layout import Folds, raise_unpaired, resolve_root, split_with_folds
 from seg.data.pairs import PairCases, PairItem, PairTrain, list_pairs
 from seg.data.transforms import transforms_pair, unit_slices
 from seg.data.validate import Report, check_png_pairs
@@ -68,7 +69,8 @@ def _list_split(root: Path, split: str, categories: Sequence[str], mask_dir: str
 
 
 def _qu_ex(root: str, image_size: int, seed: int, augment: bool, covid_only: bool, transforms: dict | None,
-           strict_masks: bool, top: str, mask_dir: str, layout: str, what: str, class_name: str) -> SegData:
+           strict_masks: bool, top: str, mask_dir: str, layout: str, what: str, class_name: str,
+           cv: dict | None = None) -> SegData:
     categories = ("COVID-19",) if covid_only else CATEGORIES
     needed = [f"{split}/{cat}/{sub}" for split in SPLITS.values() for cat in categories
               for sub in (IMAGES, mask_dir)]
@@ -79,6 +81,15 @@ def _qu_ex(root: str, image_size: int, seed: int, augment: bool, covid_only: boo
         if not its:
             raise FileNotFoundError(f"no *.png images in the {SPLITS[key]} split under {base}.\n"
                                     f"Expected layout:\n{layout}")
+    split = {key: [it.case_id for it in its] for key, its in items.items()}
+    folds = Folds.of(cv)
+    if folds is not None:   # the published Train + Val pool dealt into folds by category; Test stays
+        pool = items["train"] + items["val"]
+        split = split_with_folds([it.case_id for it in pool], [it.category for it in pool], split["test"], folds,
+                                 f"COVID-QU-Ex {what} Train+Val images")
+        by_id = {it.case_id: it for it in pool}
+        items = {"train": [by_id[k] for k in split["train"]], "val": [by_id[k] for k in split["val"]],
+                 "test": items["test"]}
     log.info("COVID-QU-Ex %s %s: %s", what, base, "; ".join(
         f"{k} {len(v)} ({', '.join(f'{c} {n}' for c, n in Counter(i.category for i in v).items())})"
         for k, v in items.items()))
@@ -88,12 +99,12 @@ def _qu_ex(root: str, image_size: int, seed: int, augment: bool, covid_only: boo
         val=PairCases(items["val"], eval_tf),
         test=PairCases(items["test"], eval_tf),
         class_names=[class_name],
-        split={key: [it.case_id for it in its] for key, its in items.items()},
+        split=split,
     )
 
 
 def covid_infection(root: str, image_size: int, seed: int = 0, augment: bool = True, covid_only: bool = False, transforms: dict | None = None,
-                    strict_masks: bool = True) -> SegData:
+                    strict_masks: bool = True, cv: dict | None = None) -> SegData:
     """COVID-QU-Ex infection segmentation (binary) -> SegData.
 
     root: the "Infection Segmentation Data" folder or its parent.
@@ -103,6 +114,9 @@ def covid_infection(root: str, image_size: int, seed: int = 0, augment: bool = T
     covid_only: keep only COVID-19 images (every one has infection) in all splits.
     transforms: `seg.data.transforms.build_transforms` options (normalize, hflip, rotate, elastic, ...).
     strict_masks: a mask value other than 0/255 (0/1) is an error naming the file; False = threshold 128.
+    cv: cross-validation {"folds": K, "fold": i, "seed": S} (seg.data.layout.Folds; None: off): the published
+        Train + Val images are dealt into K folds stratified by category (by S), fold i is validation, the
+        rest train; Test stays the published Test. split["cv"] records the folds.
 
     train: (image float32 (1, S, S), mask int64 (S, S) in {0, 1}).
     val/test: Case(image float32 (1, 1, S, S), label uint8 (1, H0, W0) in {0, 1} at the original
@@ -110,18 +124,18 @@ def covid_infection(root: str, image_size: int, seed: int = 0, augment: bool = T
     split: ids "Train/COVID-19/covid_1.png" per split.
     """
     return _qu_ex(root, image_size, seed, augment, covid_only, transforms, strict_masks,
-                  TOP, INFECTION, LAYOUT, "infection", "infection")
+                  TOP, INFECTION, LAYOUT, "infection", "infection", cv)
 
 
 def covid_lung(root: str, image_size: int, seed: int = 0, augment: bool = True, covid_only: bool = False, transforms: dict | None = None,
-               strict_masks: bool = True) -> SegData:
+               strict_masks: bool = True, cv: dict | None = None) -> SegData:
     """COVID-QU-Ex "Lung Segmentation Data" (binary lung masks) -> SegData.
 
     root: the "Lung Segmentation Data" folder or its parent. Other arguments and the returned SegData
     as `covid_infection`, with class_names ["lung"] and masks from `lung masks/`.
     """
     return _qu_ex(root, image_size, seed, augment, covid_only, transforms, strict_masks,
-                  LUNG_TOP, LUNG, LUNG_LAYOUT, "lung", "lung")
+                  LUNG_TOP, LUNG, LUNG_LAYOUT, "lung", "lung", cv)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 
 from seg.data.base import Published, Reader, SegData
 from seg.data.io.dicom import DicomVolume, ct_window, list_dicom_files, read_dicom_series
-from seg.data.layout import natural_key, resolve_root, stratified_split
+from seg.data.layout import natural_key, resolve_root, split_for
 from seg.data.pairs import PairCases, PairItem, PairTrain, list_pairs
 from seg.data.transforms import transforms_pair
 from seg.data.validate import Report, check_png_pairs, progress
@@ -111,7 +111,7 @@ def dicom_input(folder_or_files, width: float = 400.0, level: float = 40.0) -> t
 
 def ct_heart(root: str, image_size: int, seed: int = 0, augment: bool = True, val_fraction: float = 0.2, test_fraction: float = 0.2,
              pixel_spacing: float | None = None, window: dict | None = None, transforms: dict | None = None,
-             strict_masks: bool = True) -> SegData:
+             strict_masks: bool = True, cv: dict | None = None) -> SegData:
     """CT heart segmentation (binary), Kaggle layout -> SegData.
 
     root: the folder holding train/ (and test/).
@@ -121,6 +121,9 @@ def ct_heart(root: str, image_size: int, seed: int = 0, augment: bool = True, va
         `dicom_input` / seg.predict; the PNG slices are already windowed).
     transforms, strict_masks, augment: as `seg.data.datasets.covid.covid_infection`, except that the
         default normalisation is "window" (intensities stay in [0, 1]).
+    cv: cross-validation {"folds": K, "fold": i, "seed": S} (seg.data.layout.Folds; None: off): the test
+        patients are held out by S (as a run with seed=S holds them out), the other patients are dealt
+        into K folds, fold i is validation. split["cv"] records the folds.
 
     train: slices (image float32 (1, S, S), mask int64 (S, S) in {0, 1}); val/test: one Case per
     slice (label uint8 (1, H0, W0), spacing (pixel_spacing,) * 2 or (1.0, 1.0), meta category =
@@ -144,8 +147,8 @@ def ct_heart(root: str, image_size: int, seed: int = 0, augment: bool = True, va
         raise FileNotFoundError(f"no patient folders with PNG slices in {base / 'train'}.\n"
                                 f"Expected layout:\n{LAYOUT}")
     ids = sorted(patients, key=natural_key)
-    split = stratified_split(ids, ["all"] * len(ids), val_fraction, test_fraction, seed, "CT heart patients")
-    parts = {k: [it for pid in v for it in patients[pid]] for k, v in split.items()}
+    split = split_for(ids, ["all"] * len(ids), val_fraction, test_fraction, seed, "CT heart patients", cv)
+    parts = {k: [it for pid in split[k] for it in patients[pid]] for k in ("train", "val", "test")}
     series = dicom_series(base)
     log.info("CT heart %s: train %d patients (%d slices), val %d (%d), test %d (%d); %d unlabelled DICOM "
              "series in test/", base, len(split["train"]), len(parts["train"]), len(split["val"]),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from seg.data.base import Published, Reader, SegData
 from seg.data.datasets.covid import unit_or_uint8
-from seg.data.layout import resolve_root, stratified_split
+from seg.data.layout import resolve_root, split_for
 from seg.data.pairs import PairCases, PairTrain, list_pairs
 from seg.data.transforms import transforms_pair
 from seg.data.validate import Report, check_png_pairs
@@ -48,7 +48,7 @@ def _names(class_names: Sequence[str] | None) -> list[str]:
 def png_pairs(root: str, image_size: int, seed: int = 0, augment: bool = True,
               class_names: Sequence[str] | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
               pixel_spacing: float | None = None, transforms: dict | None = None,
-              strict_masks: bool = True) -> SegData:
+              strict_masks: bool = True, cv: dict | None = None) -> SegData:
     """images/ + masks/ PNG pairs -> SegData.
 
     root: the folder holding images/ and masks/.
@@ -57,6 +57,8 @@ def png_pairs(root: str, image_size: int, seed: int = 0, augment: bool = True,
     val_fraction / test_fraction: shares of the images held out (by seed; at least 1 each).
     pixel_spacing: mm per pixel for HD / ASSD in mm (None: pixels).
     transforms, augment, strict_masks: as `seg.data.datasets.covid.covid_infection`.
+    cv: cross-validation {"folds": K, "fold": i, "seed": S} (None: off): the test images are held out by S,
+        the others dealt into K folds by image (seg.data.layout.split_for); split["cv"] records the folds.
 
     train: (image float32 (1, S, S), mask int64 (S, S)); val/test: Case(image float32 (1, 1, S, S),
     label uint8 (1, H0, W0), spacing (pixel_spacing,) * 2 or (1.0, 1.0)); split: file names per split.
@@ -69,8 +71,8 @@ def png_pairs(root: str, image_size: int, seed: int = 0, augment: bool = True,
     if not items:
         raise FileNotFoundError(f"no *.png images in {base / 'images'}.\nExpected layout:\n{LAYOUT}")
     by_id = {it.case_id: it for it in items}
-    split = stratified_split(list(by_id), ["all"] * len(items), val_fraction, test_fraction, seed, "PNG pairs")
-    parts = {k: [by_id[i] for i in ids] for k, ids in split.items()}
+    split = split_for(list(by_id), ["all"] * len(items), val_fraction, test_fraction, seed, "PNG pairs", cv)
+    parts = {k: [by_id[i] for i in split[k]] for k in ("train", "val", "test")}
     log.info("PNG pairs %s: train %d, val %d, test %d images; classes %s", base, len(parts["train"]),
              len(parts["val"]), len(parts["test"]), names)
     spacing = (float(pixel_spacing),) * 2 if pixel_spacing else (1.0, 1.0)

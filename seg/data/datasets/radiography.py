@@ -24,7 +24,7 @@ from pathlib import Path
 
 from seg.data.base import Published, Reader, SegData
 from seg.data.datasets.covid import unit_or_uint8
-from seg.data.layout import raise_unpaired, resolve_root, stratified_split
+from seg.data.layout import raise_unpaired, resolve_root, split_for
 from seg.data.pairs import PairCases, PairItem, PairTrain, list_pairs
 from seg.data.transforms import transforms_pair
 from seg.data.validate import Report, check_png_pairs
@@ -53,12 +53,14 @@ def list_items(base: Path, classes: Sequence[str], strict: bool = True) -> list[
 
 def covid_radiography(root: str, image_size: int, seed: int = 0, augment: bool = True, classes: Sequence[str] | None = None, val_fraction: float = 0.1,
                       test_fraction: float = 0.1, transforms: dict | None = None,
-                      strict_masks: bool = True) -> SegData:
+                      strict_masks: bool = True, cv: dict | None = None) -> SegData:
     """COVID-19 Radiography Database, lung segmentation (binary) -> SegData.
 
     root: COVID-19_Radiography_Dataset or its parent.
     classes: the class folders to use (default all four: COVID, Normal, Lung_Opacity, Viral Pneumonia).
     val_fraction / test_fraction: shares per class held out for validation / test, by `seed`.
+    cv: cross-validation {"folds": K, "fold": i, "seed": S} (None: off): the test images are held out by S,
+        the others dealt into K folds stratified by class (seg.data.layout.split_for).
     Other arguments as `seg.data.datasets.covid.covid_infection`. Cases: label uint8 (1, 256, 256) (the mask's
     size), spacing (1.0, 1.0) pixels, meta {"category": class}; class_names ["lung"]; split: ids
     "COVID/COVID-1.png" per split.
@@ -73,9 +75,9 @@ def covid_radiography(root: str, image_size: int, seed: int = 0, augment: bool =
     if not items:
         raise FileNotFoundError(f"no *.png images under {base}.\nExpected layout:\n{LAYOUT}")
     by_id = {it.case_id: it for it in items}
-    split = stratified_split(list(by_id), [it.category for it in items], val_fraction, test_fraction, seed,
-                             "COVID-19 Radiography images")
-    parts = {k: [by_id[i] for i in ids] for k, ids in split.items()}
+    split = split_for(list(by_id), [it.category for it in items], val_fraction, test_fraction, seed,
+                             "COVID-19 Radiography images", cv)
+    parts = {k: [by_id[i] for i in split[k]] for k in ("train", "val", "test")}
     log.info("COVID-19 Radiography %s: %s", base, "; ".join(
         f"{k} {len(v)} ({', '.join(f'{c} {n}' for c, n in sorted(Counter(i.category for i in v).items()))})"
         for k, v in parts.items()))
