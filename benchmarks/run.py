@@ -546,14 +546,19 @@ def section_eval3d(quick: bool, threads: int | None = None) -> dict:
     per_epoch, val_per_epoch = fit_s / epochs, val_s / epochs
     profile_epochs = int(preset("unet", "cpu", "acdc").trainer.epochs)
     projected = (profile_epochs * val_per_epoch + test_s) / (profile_epochs * per_epoch + test_s)
+    half = math.ceil(profile_epochs / 2)          # trainer.val_every=2: half the epochs validated
+    projected_2 = (half * val_per_epoch + test_s) / (profile_epochs * (per_epoch - val_per_epoch) + half * val_per_epoch
+                                                     + test_s)
     out = {"dataset": "acdc (phantom)", "model": "unet cpu", "epochs": epochs, "profile_epochs": profile_epochs,
            "run_s": run_s, "train_and_eval_s": total, "fit_s": fit_s, "val_s": val_s, "test_s": test_s,
            "test_forward_s": test_forward, "test_metrics_s": test_metrics,
            "test_read_s": test_s - test_forward - test_metrics,
-           "share_measured": (val_s + test_s) / total, "share_projected": projected, "goal": GOALS["eval3d"]}
+           "share_measured": (val_s + test_s) / total, "share_projected": projected,
+           "share_projected_val_every_2": projected_2, "goal": GOALS["eval3d"]}
     log(f"  ACDC unet cpu, {epochs} epochs: evaluation {val_s + test_s:.1f} s of {total:.1f} s "
         f"({out['share_measured']:.0%}); test pass {test_s:.1f} s (forward {test_forward:.1f} s, metrics "
-        f"{test_metrics:.1f} s); projected for the profile's {profile_epochs} epochs: {projected:.0%}")
+        f"{test_metrics:.1f} s); projected for the profile's {profile_epochs} epochs: {projected:.0%} "
+        f"(with trainer.val_every=2: {projected_2:.0%})")
     return out
 
 
@@ -924,7 +929,8 @@ def ratios(res: dict) -> list[dict]:
         out.append({"name": f"3D evaluation share of an ACDC cpu-profile run ({ev['epochs']} epochs)",
                     "value": ev["share_measured"], "goal": ev["goal"], "met": ev["share_measured"] <= ev["goal"],
                     "note": f"goal: at most {100 * ev['goal']:.0f}%; projected for {ev['profile_epochs']} epochs: "
-                            f"{100 * ev['share_projected']:.0f}%; test pass {ev['test_s']:.1f} s (forward "
+                            f"{100 * ev['share_projected']:.0f}% (val_every=2: "
+                            f"{100 * (ev.get('share_projected_val_every_2') or math.nan):.0f}%); test pass {ev['test_s']:.1f} s (forward "
                             f"{ev['test_forward_s']:.1f} s, metrics {ev['test_metrics_s']:.1f} s)"})
     peer_rows = list(sec.get("peers", {}).get("rows", [])) + list((sec.get("peers", {}).get("paper") or {}).get("rows", []))
     for row in peer_rows:
@@ -977,6 +983,7 @@ def summary_keys(res: dict) -> dict:
     if "share_measured" in ev:
         keys["eval3d_share_acdc_cpu"] = ev["share_measured"]
         keys["eval3d_share_acdc_cpu_projected"] = ev["share_projected"]
+        keys["eval3d_share_acdc_cpu_projected_val_every_2"] = ev.get("share_projected_val_every_2")
     for row in sec.get("step", {}).get("rows", []):
         keys[f"mfu_{row['model'].replace(' ', '_')}"] = row.get("mfu")
     for row in list(sec.get("peers", {}).get("rows", [])) + list((sec.get("peers", {}).get("paper") or {}).get("rows", [])):
@@ -1106,16 +1113,20 @@ def write_md(res: dict) -> str:
     if not error("eval3d"):
         lines += _table(("run", "epochs", "training + evaluation (s)", "validation (s)", "test pass (s)",
                          "test forward (s)", "test metrics (s)", "test reading (s)", "evaluation share",
-                         f"projected, {ev['profile_epochs']} epochs"),
+                         f"projected, {ev['profile_epochs']} epochs", "projected, val_every=2"),
                         [(f"{ev['model']} on {ev['dataset']}", ev["epochs"], _num(ev["train_and_eval_s"], ".1f"),
                           _num(ev["val_s"], ".1f"), _num(ev["test_s"], ".1f"), _num(ev["test_forward_s"], ".1f"),
                           _num(ev["test_metrics_s"], ".1f"), _num(ev["test_read_s"], ".1f"),
-                          f"**{_pct(ev['share_measured'])}**", _pct(ev["share_projected"]))])
+                          f"**{_pct(ev['share_measured'])}**", _pct(ev["share_projected"]),
+                          _pct(ev.get("share_projected_val_every_2")))])
         lines += ["", f"seg.train.run on the ACDC phantom (15 training patients: 210 slices; validation 10 volumes "
                       f"every epoch; test 20 volumes with HD / HD95 / ASSD), cpu profile, {ev['epochs']} epochs, "
                       "timed by the same hook; evaluation share = (validation + test pass) / (first epoch start to "
                       f"the end of the test pass). Projected = the same share for the profile's {ev['profile_epochs']} "
-                      f"epochs from the measured per-epoch times. Goal <= {100 * ev['goal']:.0f}%."]
+                      f"epochs from the measured per-epoch times (and with trainer.val_every=2: half of them "
+                      "validated). The validation forward passes alone (70 slices per epoch against 210 training "
+                      "slices, a forward pass costing about a third of a training step) are about a tenth of an "
+                      f"epoch's network work. Goal <= {100 * ev['goal']:.0f}%."]
     else:
         lines += error("eval3d")
     lines += ["", "## 4. Peers on the same work", ""]

@@ -118,7 +118,7 @@ def fake_result() -> dict:
             "eval3d": {"dataset": "acdc (phantom)", "model": "unet cpu", "epochs": 3, "profile_epochs": 16,
                        "run_s": 40.0, "train_and_eval_s": 30.0, "fit_s": 24.0, "val_s": 3.0, "test_s": 6.0,
                        "test_forward_s": 4.0, "test_metrics_s": 1.5, "test_read_s": 0.5, "share_measured": 0.3,
-                       "share_projected": 0.15, "goal": 0.1},
+                       "share_projected": 0.15, "share_projected_val_every_2": 0.09, "goal": 0.1},
             "peers": {"size": 96, "batch": 16, "rounds": 3, "iters": 4, "monai": "1.6.1", "target_params": 1094269,
                       "smp_note": "smp not installed",
                       "rows": [{"model": "ours: U-Net cpu preset", "spec": "ours", "params": 1094269,
@@ -249,7 +249,7 @@ def test_eval3d_share_is_rendered_with_its_goal_as_an_upper_bound():
     res = fake_result()
     md = write_md(res)
     assert "## 3b. 3D evaluation's share of a cpu-profile ACDC run" in md
-    assert "| unet cpu on acdc (phantom) | 3 | 30.0 | 3.0 | 6.0 | 4.0 | 1.5 | 0.5 | **30.0%** | 15.0% |" in md
+    assert "| unet cpu on acdc (phantom) | 3 | 30.0 | 3.0 | 6.0 | 4.0 | 1.5 | 0.5 | **30.0%** | 15.0% | 9.0% |" in md
     assert "| 3D evaluation share of an ACDC cpu-profile run (3 epochs) | 0.300 | <= 0.1 | **missed** |" in md
     assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** | trainer.val_every=2; shares of the epochs:" in md
 
@@ -267,3 +267,52 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="no generated performance table"):
         update_readme(readme, readme_block(res))
+
+
+def test_gpu_benchmark_exits_cleanly_without_cuda(tmp_path, capsys, monkeypatch):
+    """No CUDA: status 0, a message saying why, nothing measured or written (not even RESULTS.md)."""
+    from benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    assert gpu.main(["--out", str(tmp_path / "out"), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "No CUDA device: torch.cuda.is_available() is False" in out and "nothing was measured" in out
+    assert not (tmp_path / "out").exists() and results.read_text() == "# results\n"
+
+
+def test_gpu_peak_table_matches_device_names():
+    from benchmarks.gpu import peak_for
+
+    assert peak_for("NVIDIA H100 80GB HBM3") == ("NVIDIA H100 SXM", pytest.approx(
+        {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}))
+    assert peak_for("NVIDIA H100 PCIe")[0] == "NVIDIA H100 PCIe"
+    assert peak_for("NVIDIA H200")[1]["bf16"] == 989.4
+    assert peak_for("NVIDIA A100-SXM4-80GB")[1]["bf16"] == 312.0
+    assert peak_for("Some Future Card") is None
+
+
+def test_gpu_report_renders_its_parts():
+    from benchmarks.gpu import write_md
+
+    res = {"machine": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8", "cudnn": 91000,
+                       "python": "3.11", "commit": "abcdef1234567890", "date_utc": "2026-11-26 18:00 UTC"},
+           "step": {"card": "NVIDIA H100 SXM", "peaks_tflops": {"bf16": 989.4}, "matmul_bf16_tflops": 700.0,
+                    "matmul_fp32_tflops": 50.0, "amp_speedup_unet": 2.5, "best_bf16_mfu": 0.3,
+                    "rows": [{"model": "unet paper", "variant": "bf16 AMP", "size": 256, "batch": 16,
+                              "img_per_s": 1000.0, "speedup_vs_fp32": 2.4, "achieved_tflops": 288.5,
+                              "mfu": 0.2916, "of_matmul": 0.41}]},
+           "train": {"dataset": "covid_infection (phantom)", "model": "unet", "profile": "cpu", "epochs": 3,
+                     "tolerance": 0.05, "abs_diff": {"dice": 0.01, "iou": 0.012}, "match": True,
+                     "runs": {"off": {"best_val": 0.5, "seconds": 20.0, "test": {"dice": 0.6, "iou": 0.45, "hd95": 9.0}},
+                              "fp16": {"best_val": 0.51, "seconds": 15.0,
+                                       "test": {"dice": 0.61, "iou": 0.462, "hd95": 8.5}}}},
+           "predict": {"images": 64, "seconds": 8.0, "img_per_s": 8.0, "returncode": 0, "files_written": 129},
+           "errors": {}}
+    md = write_md(res)
+    assert "NVIDIA H100 80GB HBM3, torch 2.13.0, CUDA 12.8" in md and "commit abcdef123456" in md
+    assert "| unet paper | bf16 AMP | 256 | 16 | 1000.0 | 2.40 | 288.5 | 29.2% | 41% |" in md
+    assert "fp16 AMP / fp32 on U-Net paper: **2.50x** (goal >= 2: met); best bf16 MFU: **30.0%** (goal >= 40%: missed)" in md
+    assert "| fp16 | 0.5100 | 0.6100 | 0.4620 | 8.50 | 15 |" in md and "(tolerance 0.05: match)" in md
+    assert "64 phantom PNGs in 8.0 s" in md
