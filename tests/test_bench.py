@@ -316,3 +316,32 @@ def test_gpu_report_renders_its_parts():
     assert "fp16 AMP / fp32 on U-Net paper: **2.50x** (goal >= 2: met); best bf16 MFU: **30.0%** (goal >= 40%: missed)" in md
     assert "| fp16 | 0.5100 | 0.6100 | 0.4620 | 8.50 | 15 |" in md and "(tolerance 0.05: match)" in md
     assert "64 phantom PNGs in 8.0 s" in md
+
+
+def test_loop_probe_measures_each_epochs_cpu_time_between_its_marks():
+    """Marks at each epoch start (close the previous epoch, probe, open this one) and at fit end: an epoch's
+    CPU time runs from its "open" mark to the next "close" mark, the probe's own CPU time left out."""
+    probe = LoopProbe()
+    probe.marks = [("close", -2.0, 0.0), ("open", -0.5, 1.0),          # fit start: probe used 1 s of CPU
+                   ("close", 11.0, 9.0), ("open", 11.5, 9.5),            # epoch 1 used 8 s
+                   ("close", 19.0, 15.5)]                                 # epoch 2 used 6 s
+    probe.spans = [("probe", -1.5, -1.0, (10.0, 12.0)),
+                   ("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}), ("eval", 8.0, 10.0, "val"),
+                   ("probe", 11.0, 11.5, (20.0, 24.0)),
+                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}),
+                   ("probe", 19.0, 19.5, (30.0, 36.0)), ("eval", 20.0, 25.0, "test")]
+    first, second = probe.epochs()
+    assert first["cpu_s"] == 8.0 and second["cpu_s"] == 6.0
+    assert (first["bare_before"], first["bare_cpu_before"], first["bare_cpu_after"]) == (10.0, 12.0, 24.0)
+    assert sum_epochs([first, second])["cpu_s"] == 14.0
+    # by CPU time, every epoch validated: 32 images / 8 s against a bare 4 img/s -> 1.0
+    assert cycle_efficiency([first, second], 1, 4.0, "cpu_s") == pytest.approx(1.0)
+    assert cycle_efficiency([first, second], 2, 4.0, "cpu_s") == pytest.approx(64 / 14 / 4.0)
+
+
+def test_bare_step_reports_wall_and_cpu_rates():
+    from benchmarks.run import bare_step
+
+    torch.manual_seed(0)
+    wall, cpu = bare_step(nn.Conv2d(1, 1, 3, padding=1), 1, 1, 16, 2, iters=2)
+    assert wall > 0 and cpu > 0 and math.isfinite(wall) and math.isfinite(cpu)
