@@ -1,6 +1,6 @@
 """`make bench`: measured speed against the machine's own matmul ceiling and against the peers.
 
-    python -m benchmarks.run                      # from the repository root: every section, ~3 min on 2 idle cores
+    python -m benchmarks.run                      # from the repository root: every section, ~6-10 min on 2 cores
     python -m benchmarks.run --quick              # fewer repeats, no paper presets
     python -m benchmarks.run --sections roofline,step,data
     python -m benchmarks.run --threads 1          # on a machine loaded beyond its cores (thread barriers stall)
@@ -20,21 +20,32 @@ Sections, in order:
             (seg.models.summary.count_flops) and of the training step (forward + backward, counted
             with torch.utils.flop_counter); MFU = achieved training FLOP/s / matmul ceiling.
   loop      the real training loop (seg.train.run: DataLoader with augmentation, loss, grad clip,
-            validation Dice/IoU, checkpoint, MLflow logging to a temporary sqlite store) for 2 epochs;
-            the second epoch's training images / wall time, divided by the bare step throughput
-            measured just before and after it for the same model, batch and size. Where the time
-            goes is measured by a hook on the engine's loop (seg.engine.loop.Hook.on_span: DataLoader
-            wait, training, validation forward / metrics, the epoch-end logging; the loop is unchanged);
-            "network / loop" also counts validation's bare forward passes as network work.
+            validation Dice/IoU, checkpoints, MLflow logging to a temporary sqlite store) for 5 epochs with
+            trainer.val_every=2; epoch 1 warms up. A hook on the engine's loop (LoopProbe, a
+            seg.engine.loop.Hook) records where the time goes (on_span: DataLoader wait, training,
+            validation forward / metrics, logging) and measures the bare step at every epoch start and at
+            the end of fit (left out of the epochs' time), so each epoch is compared with the bare step
+            just before and after it, by wall time and by process CPU time. loop / step for a
+            val_every=2 cycle (the goal, >= 0.90) and for validation every epoch; shares data / step /
+            val / checkpoint+log. The loop's code runs unchanged.
+  eval3d    the 3D evaluation's share (validation + test pass with HD / HD95 / ASSD) of a cpu-profile ACDC
+            phantom run of 3 epochs, measured by the same hook and projected to the profile's epochs.
   peers     MONAI BasicUNet and UNet (num_res_units=2) at the parameter count nearest to our U-Net
-            `cpu` preset, same step benchmark, interleaved rounds with ours; img/s and per-GFLOP ratios.
-            segmentation_models_pytorch is measured where it is importable.
+            `cpu` preset, and segmentation_models_pytorch's Unet with the encoder nearest in parameters
+            (encoder_weights=None), same step benchmark, interleaved rounds with ours; img/s and per-GFLOP
+            ratios; our `paper` U-Net against smp's Unet nearest to it at 256 px.
   data      reader, reader + augmentation, and DataLoader (default workers of the cpu profile)
             throughput per phantom dataset, against the fastest model's step throughput.
   metrics   benchmarks/bench_metrics.py (HD95 vs MONAI, Dice/IoU per 1000 images), run as a subprocess.
   predict   benchmarks/bench_predict.py (seg.predict img/s per preset), run as a subprocess if present.
   gpu       where CUDA is available: bf16 matmul ceiling, paper presets fp32 / fp16 / bf16 AMP,
-            channels_last, torch.compile; else bench.md says that no GPU was available.
+            channels_last, torch.compile; else bench.md says that no GPU was available. The fuller GPU
+            benchmark (MFU against the card's peak, fp16 training, predict on CUDA) is benchmarks/gpu.py
+            (`make bench-gpu`).
+
+After a full run (every CPU section, not --quick) bench.md is also written to benchmarks/RESULTS.md and
+the README's generated performance table is replaced (--no-results: neither). bench.json's "keys"
+holds the headline numbers under flat names (loop_efficiency_<model>_cpu, hd95_speedup, ...).
 """
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ pixel / voxel spacing (mm) of the array axes; spacing None means 1 per axis (dis
 Distances are exact Euclidean, computed on the bounding box of the two masks only, by whichever of
 a few exact methods is cheapest for the boundaries at hand (see _boundary_distances); values agree
 with scipy's distance transform on the full image, and with MONAI's HD / HD95 / ASSD (float32)
-within 1e-4 mm (tests/test_metrics_monai.py). structure_rows scores all structures of a label map
+within 1e-4 mm (tests/test_metrics_monai.py). hausdorff() alone (HD, HD95) queries only the boundary
+elements whose distance can reach the order statistic (line-distance upper bounds select them; the
+value is exactly the one all distances give). structure_rows scores all structures of a label map
 together: one crop, one bincount, one boundary pass per label map.
 """
 from __future__ import annotations
