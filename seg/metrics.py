@@ -16,9 +16,7 @@ pixel / voxel spacing (mm) of the array axes; spacing None means 1 per axis (dis
 Distances are exact Euclidean, computed on the bounding box of the two masks only, by whichever of
 a few exact methods is cheapest for the boundaries at hand (see _boundary_distances); values agree
 with scipy's distance transform on the full image, and with MONAI's HD / HD95 / ASSD (float32)
-within 1e-4 mm (tests/test_metrics_monai.py). hausdorff() alone (HD, HD95) queries only the boundary
-elements whose distance can reach the order statistic (line-distance upper bounds select them; the
-value is exactly the one all distances give). structure_rows scores all structures of a label map
+within 1e-4 mm (tests/test_metrics_monai.py). structure_rows scores all structures of a label map
 together: one crop, one bincount, one boundary pass per label map.
 """
 from __future__ import annotations
@@ -341,30 +339,18 @@ def _distances_or_value(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[floa
     return _boundary_distances(_edge_map(pred[box]), _edge_map(gt[box]), _spacing(spacing, pred.ndim)), math.nan
 
 
-def _order_positions(n: int, percentile: float) -> tuple[int, float] | None:
-    """np.percentile's 'linear' method on n values: (below, gamma), the value being interpolated
-    between the order statistics `below` and `below + 1` (0-based, ascending); None: the maximum."""
-    virtual = (n - 1) * (percentile / 100)
-    if virtual >= n - 1:
-        return None
-    below = math.floor(virtual)
-    return below, virtual - below
-
-
-def _interpolate(a, b, gamma: float) -> float:
-    diff = b - a
-    return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
-
-
 def _percentile(values: np.ndarray, percentile: float) -> float:
     """np.percentile(values, percentile) (its default 'linear' method, same arithmetic, same result)
     from a partial sort of the two order statistics it interpolates between."""
-    at = _order_positions(values.size, percentile)
-    if at is None:
+    virtual = (values.size - 1) * (percentile / 100)
+    if virtual >= values.size - 1:
         return float(values.max())
-    below, gamma = at
+    below = math.floor(virtual)
+    gamma = virtual - below
     part = np.partition(values, (below, below + 1))
-    return _interpolate(part[below], part[below + 1], gamma)
+    a, b = part[below], part[below + 1]
+    diff = b - a
+    return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
 
 
 def _hd(dists: tuple[np.ndarray, np.ndarray], percentile: float | None) -> float:
@@ -381,105 +367,11 @@ def hausdorff(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None 
               percentile: float | None = None) -> float:
     """Symmetric Hausdorff distance (mm) between boundaries; percentile=95 gives HD95 (the max of
     the two directed 95th percentiles). Both empty -> NaN; one empty -> empty_penalty(shape, spacing).
-
-    Computes only the distances the statistic needs (see _directed_statistic); the value is the one
-    np.percentile / max gives over all of surface_distances.
     """
     if percentile is not None and not 0 <= percentile <= 100:
         raise ValueError(f"percentile={percentile}; expected None or a value in [0, 100]")
-    pred, gt = _pair(pred, gt)
-    has_pred, has_gt = bool(pred.any()), bool(gt.any())
-    if not has_pred and not has_gt:
-        return math.nan
-    if not has_pred or not has_gt:
-        return empty_penalty(pred.shape, spacing)
-    box = _bbox(pred | gt)
-    return _hd_boundaries(_edge_map(pred[box]), _edge_map(gt[box]), _spacing(spacing, pred.ndim), percentile)
-
-
-def _hd_boundaries(pred_b: np.ndarray, gt_b: np.ndarray, spacing: np.ndarray, percentile: float | None) -> float:
-    """_hd(_boundary_distances(pred_b, gt_b, spacing), percentile), computing on the k-d tree path only
-    the distances the order statistics need (the other paths are cheap per element: all of them)."""
-    ip, ig = np.flatnonzero(pred_b), np.flatnonzero(gt_b)
-    if ip.size + ig.size > _SCAN_DENSITY * pred_b.size and ip.size * ig.size > _BRUTE_PAIRS:
-        return _hd(_boundary_distances(pred_b, gt_b, spacing), percentile)
-    shape = pred_b.shape
-    return max(_directed_statistic(ip, ig, gt_b.ravel()[ip], shape, spacing, percentile),
-               _directed_statistic(ig, ip, pred_b.ravel()[ig], shape, spacing, percentile))
-
-
-def _line_bounds(src: np.ndarray, dst: np.ndarray, shape: Sequence[int], spacing: np.ndarray) -> np.ndarray:
-    """Upper bounds (mm) of the distance from each element at flat index src to the nearest dst element:
-    the distance to the nearest dst element on the same line along the last axis or along the one
-    before it (inf when neither line holds one; 0 on dst itself). src, dst sorted flat indices."""
-    out = np.full(src.size, np.inf)
-    width, height = int(shape[-1]), int(shape[-2])
-
-    def along(s: np.ndarray, d: np.ndarray, n: int, step: float) -> None:
-        pos = np.searchsorted(d, s)
-        line = s // n
-        right = d[np.minimum(pos, d.size - 1)]
-        left = d[np.maximum(pos - 1, 0)]
-        ok_r = (right >= s) & (right // n == line)
-        ok_l = (left <= s) & (left // n == line)
-        np.minimum(out, np.where(ok_r, (right - s) * step, np.inf), out=out)
-        np.minimum(out, np.where(ok_l, (s - left) * step, np.inf), out=out)
-
-    along(src, dst, width, float(spacing[-1]))
-
-    def transposed(flat: np.ndarray) -> np.ndarray:     # index in the order with the last two axes swapped
-        lead, rest = np.divmod(flat, height * width)
-        row, col = np.divmod(rest, width)
-        return (lead * width + col) * height + row
-
-    along(transposed(src), np.sort(transposed(dst)), height, float(spacing[-2]))
-    return out
-
-
-def _directed_statistic(src: np.ndarray, dst: np.ndarray, on_dst: np.ndarray, shape: Sequence[int],
-                        spacing: np.ndarray, percentile: float | None) -> float:
-    """The directed percentile (None: max) of the distances from the boundary elements at flat indices
-    src to their nearest element of dst (both sorted, non-empty, in a box of `shape`), in mm.
-
-    Equal to _percentile / max over _nearest_directed's distances of all of src: where that would query
-    a k-d tree, only the sources whose distance can reach the order statistics are queried (the same
-    tree, the same per-source values). Every distance is at most its line bound b (_line_bounds); with
-    tau the bound of the ~3k-th largest, the sources with b < tau are all nearer than tau, so if at
-    least k of the queried ones (b >= tau) are at tau or farther, the k largest distances are among
-    them. Otherwise the rest is queried too.
-    """
-    n = src.size
-    at = _order_positions(n, 100.0 if percentile is None else percentile)
-    need = 1 if at is None else n - at[0]                  # the order statistics below .. n - 1
-    coords = lambda flat: np.column_stack(np.unravel_index(flat, shape)) * spacing  # noqa: E731
-    cd = coords(dst)
-    queried = int((~on_dst).sum())
-    subset = 3 * need + 16
-    if queried * dst.size <= _BRUTE_PAIRS or subset * 2 > n:   # all pairwise (cheap), or little to skip
-        d = _nearest_directed(coords(src), on_dst, cd)
-        return float(d.max()) if at is None else _percentile(d, percentile)
-    bound = _line_bounds(src, dst, shape, spacing)
-    finite = bound[np.isfinite(bound)]
-    tree = cKDTree(cd, balanced_tree=False, compact_nodes=False)
-    d = np.zeros(n)
-    done = np.zeros(n, bool)
-    if finite.size and n - finite.size < subset:
-        tau = float(np.partition(finite, finite.size - (subset - (n - finite.size)))[
-            finite.size - (subset - (n - finite.size))])
-        pick = (bound >= tau) & ~on_dst
-        d[pick] = tree.query(coords(src[pick]))[0]
-        done[pick] = True
-        done |= on_dst
-        far = d[pick]
-        far = far[far >= tau]
-        if far.size >= need:                                # the `need` largest are all queried ones
-            top = np.sort(far)[far.size - need:]           # ascending: order statistics n - need .. n - 1
-            if at is None:
-                return float(top[-1])
-            return _interpolate(top[0], top[1], at[1])
-    rest = ~done & ~on_dst
-    d[rest] = tree.query(coords(src[rest]))[0]
-    return float(d.max()) if at is None else _percentile(d, percentile)
+    dists, value = _distances_or_value(pred, gt, spacing)
+    return value if dists is None else _hd(dists, percentile)
 
 
 def hd95_pooled(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None) -> float:
