@@ -11,7 +11,7 @@ ROOT   ?=
 SWEEP  := experiment=covid_arch_x_loss
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep test test-all mutate ui summary bench report check-data predict clean
+.PHONY: help install run sweep test test-all mutate ui summary bench bench-gpu report check-data predict clean
 .PHONY: cluster-up cluster-down test-cluster
 
 help:  ## list the targets
@@ -48,8 +48,11 @@ ui: $(STAMP)  ## MLflow UI on 127.0.0.1 (PORT=5000 by default)
 summary: $(STAMP)  ## layers, parameters and FLOPs of a model (ARGS='model=transunet profile=paper')
 	$(PY) -m seg.models.summary $(ARGS)
 
-bench: $(STAMP)  ## speed vs the matmul ceiling and the peers -> outputs/bench/bench.md (ARGS='--threads 1' on a loaded machine)
+bench: $(STAMP)  ## speed vs the matmul ceiling and the peers -> outputs/bench/bench.{json,md}, benchmarks/RESULTS.md, README table (ARGS='--threads 1' on a loaded machine)
 	$(PY) -m benchmarks.run $(ARGS)
+
+bench-gpu: $(STAMP)  ## on a CUDA machine: fp32 / fp16 / bf16 AMP, channels_last, torch.compile, fp16 training, predict -> outputs/bench/gpu.{json,md} + a RESULTS.md section
+	$(PY) -m benchmarks.gpu $(ARGS)
 
 report: $(STAMP)  ## architecture x loss report from MLflow into outputs/report/ (ARGS='--experiment phantom_xray')
 	$(PY) -m seg.report $(ARGS)

@@ -1,6 +1,6 @@
 """`make bench`: measured speed against the machine's own matmul ceiling and against the peers.
 
-    python -m benchmarks.run                      # from the repository root: every section, ~3 min on 2 idle cores
+    python -m benchmarks.run                      # from the repository root: every section, ~6-10 min on 2 cores
     python -m benchmarks.run --quick              # fewer repeats, no paper presets
     python -m benchmarks.run --sections roofline,step,data
     python -m benchmarks.run --threads 1          # on a machine loaded beyond its cores (thread barriers stall)
@@ -20,21 +20,32 @@ Sections, in order:
             (seg.models.summary.count_flops) and of the training step (forward + backward, counted
             with torch.utils.flop_counter); MFU = achieved training FLOP/s / matmul ceiling.
   loop      the real training loop (seg.train.run: DataLoader with augmentation, loss, grad clip,
-            validation Dice/IoU, checkpoint, MLflow logging to a temporary sqlite store) for 2 epochs;
-            the second epoch's training images / wall time, divided by the bare step throughput
-            measured just before and after it for the same model, batch and size. Where the time
-            goes is measured by a hook on the engine's loop (seg.engine.loop.Hook.on_span: DataLoader
-            wait, training, validation forward / metrics, the epoch-end logging; the loop is unchanged);
-            "network / loop" also counts validation's bare forward passes as network work.
+            validation Dice/IoU, checkpoints, MLflow logging to a temporary sqlite store) for 5 epochs with
+            trainer.val_every=2; epoch 1 warms up. A hook on the engine's loop (LoopProbe, a
+            seg.engine.loop.Hook) records where the time goes (on_span: DataLoader wait, training,
+            validation forward / metrics, logging) and measures the bare step at every epoch start and at
+            the end of fit (left out of the epochs' time), so each epoch is compared with the bare step
+            just before and after it, by wall time and by process CPU time. loop / step for a
+            val_every=2 cycle (the goal, >= 0.90) and for validation every epoch; shares data / step /
+            val / checkpoint+log. The loop's code runs unchanged.
+  eval3d    the 3D evaluation's share (validation + test pass with HD / HD95 / ASSD) of a cpu-profile ACDC
+            phantom run of 3 epochs, measured by the same hook and projected to the profile's epochs.
   peers     MONAI BasicUNet and UNet (num_res_units=2) at the parameter count nearest to our U-Net
-            `cpu` preset, same step benchmark, interleaved rounds with ours; img/s and per-GFLOP ratios.
-            segmentation_models_pytorch is measured where it is importable.
+            `cpu` preset, and segmentation_models_pytorch's Unet with the encoder nearest in parameters
+            (encoder_weights=None), same step benchmark, interleaved rounds with ours; img/s and per-GFLOP
+            ratios; our `paper` U-Net against smp's Unet nearest to it at 256 px.
   data      reader, reader + augmentation, and DataLoader (default workers of the cpu profile)
             throughput per phantom dataset, against the fastest model's step throughput.
   metrics   benchmarks/bench_metrics.py (HD95 vs MONAI, Dice/IoU per 1000 images), run as a subprocess.
   predict   benchmarks/bench_predict.py (seg.predict img/s per preset), run as a subprocess if present.
   gpu       where CUDA is available: bf16 matmul ceiling, paper presets fp32 / fp16 / bf16 AMP,
-            channels_last, torch.compile; else bench.md says that no GPU was available.
+            channels_last, torch.compile; else bench.md says that no GPU was available. The fuller GPU
+            benchmark (MFU against the card's peak, fp16 training, predict on CUDA) is benchmarks/gpu.py
+            (`make bench-gpu`).
+
+After a full run (every CPU section, not --quick) bench.md is also written to benchmarks/RESULTS.md and
+the README's generated performance table is replaced (--no-results: neither). bench.json's "keys"
+holds the headline numbers under flat names (loop_efficiency_<model>_cpu, hd95_speedup, ...).
 """
 from __future__ import annotations
 
@@ -70,22 +81,24 @@ from seg.models.summary import _EXTRA_FLOPS, bench_train, count_flops, n_params
 OUT = ROOT / "outputs" / "bench"
 MODELS = ("unet", "resunet", "transunet")
 DATASETS = ("covid_infection", "acdc")   # dataset.root unset: the embedded phantoms
-SECTIONS = ("roofline", "step", "loop", "peers", "data", "metrics", "predict", "gpu")
+SECTIONS = ("roofline", "step", "loop", "eval3d", "peers", "data", "metrics", "predict", "gpu")
 GOALS = {"loop": 0.90, "data": 3.0}
-SMP_NOTE = ("segmentation_models_pytorch is not installed: it needs torchvision, whose wheel on this "
-            "index forces torch 2.14.1 with CUDA and breaks the torch==2.13.0 pin, so smp's Unet is not "
-            "measured here.")
+SMP_VERSION = "0.6.0"
+# smp encoders tried for the parameter count nearest to our U-Net presets (no pretrained weights)
+SMP_ENCODERS = ("timm-regnetx_002", "timm-regnety_002", "mit_b0", "efficientnet-b0", "mobilenet_v2", "resnet18",
+                "resnet34", "vgg19_bn", "resnext50_32x4d", "resnet50")
+
 
 # where the loop's time goes when it is slower than the bare step, and what would fix it
 FIXES = {
-    "data": "data loading + augmentation run in the main process (the cpu profile's num_workers=0), in "
-            "series with the step: trainer.num_workers=1 overlaps them with the step where a core is free, "
-            "or cache the decoded images in memory (PNG decoding is about half of the loader's time)",
+    "data": "augmentation runs in the main process (the cpu profile's num_workers=0), in series with the step "
+            "(decoding is cached: seg.data.cache): trainer.num_workers=1 overlaps it with the step where a core "
+            "is free",
     "step_extra": "the loop's steps cost more than the bare step (the configured loss, grad clipping, the "
                   "per-step isfinite check and loss.item() syncs, fresh batches): a cheaper loss, "
                   "grad_clip=null, or fewer host syncs",
-    "val_network": "validation's own forward passes (network work the bare step does not include; "
-                   "16 2D cases per forward pass): validate every N epochs",
+    "val_network": "validation's own forward passes (network work the bare step does not include; up to 32 "
+                   "images per forward pass): validate every N epochs (trainer.val_every)",
     "val_forward": "validation forward beyond the bare network (logits resized back to the original size, "
                    "threshold, copy to numpy): resize the predicted labels instead of the logits",
     "val_metrics": "validation Dice/IoU per case and structure: vectorise over the val cases",
@@ -128,7 +141,23 @@ def machine_info() -> dict:
         info["loadavg_start"] = list(os.getloadavg())
     except OSError:
         pass
+    info.update(git_info())
     return info
+
+
+def git_info() -> dict:
+    """{"commit": HEAD's hash, "dirty": uncommitted changes to tracked files?} (empty outside a checkout)."""
+    def git(*args):
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def loss_for(num_classes: int) -> Callable:
@@ -271,18 +300,47 @@ class LoopProbe(Hook):
     in order, as (kind, start, end, info) spans: "train" (info: images seen, seconds waiting for the
     DataLoader), "eval" (info "val" / "test"), "forward" (images predicted) and "metrics" inside an
     evaluation, "log" (the epoch-end hooks: MLflow). The loop's code runs unchanged.
+
+    bare: optional callable -> img/s of the bare step (seg.models.summary.bench_train on another copy
+    of the model); run at every epoch start and at the end of fit, so each epoch has a bare-step
+    measurement just before and just after it (on a shared machine the load changes from minute to
+    minute: adjacent measurements keep the ratio honest). Its time is recorded as a "probe" span and
+    left out of the epoch's wall time.
     """
 
-    def __init__(self):
+    def __init__(self, bare: Callable[[], float | tuple[float, float]] | None = None):
         self.spans: list[tuple[str, float, float, Any]] = []
+        self.bare = bare
+        self.marks: list[tuple[str, float, float]] = []      # ("open" / "close", wall, process CPU time)
 
     def on_span(self, kind: str, start: float, end: float, info: Any) -> None:
         self.spans.append((kind, start, end, info))
 
+    def _mark(self, what: str) -> None:
+        self.marks.append((what, time.perf_counter(), time.process_time()))
+
+    def _probe(self) -> None:
+        if self.bare is not None:
+            start = time.perf_counter()
+            ips = self.bare()
+            self.spans.append(("probe", start, time.perf_counter(), ips))
+
+    def on_epoch_start(self, ctx) -> None:
+        self._mark("close")                     # the previous epoch's process CPU time ends here
+        self._probe()
+        self._mark("open")
+
+    def on_fit_end(self, ctx) -> None:
+        self._mark("close")
+        self._probe()
+
     def epochs(self) -> list[dict]:
-        """Per epoch: wall (train start to the next epoch's train start, or to the test evaluation),
-        train, data wait, val, log and other seconds, and the images seen."""
+        """Per epoch: wall (train start to the next epoch's train start, or to the test evaluation;
+        bare-step probes left out), train, data wait, val, log and other seconds, the images seen,
+        whether it was validated, and the bare step img/s measured just before / after it (None without
+        probes)."""
         trains = [i for i, s in enumerate(self.spans) if s[0] == "train"]
+        probes = [s for s in self.spans if s[0] == "probe"]
         out = []
         for k, i in enumerate(trains):
             start = self.spans[i][1]
@@ -294,15 +352,87 @@ class LoopProbe(Hook):
             inside = [s for s in self.spans if start <= s[1] < stop]
             span = lambda kind: sum(s[2] - s[1] for s in inside if s[0] == kind)  # noqa: E731
             train, info = self.spans[i][2] - self.spans[i][1], self.spans[i][3]
-            val, logging_ = span("eval"), span("log")
+            val, logging_, probe = span("eval"), span("log"), span("probe")
             forward, metrics = span("forward"), span("metrics")
             val_cases = sum(s[3] for s in inside if s[0] == "forward")      # images predicted
-            out.append({"wall_s": stop - start, "train_s": train, "data_s": info["data_wait"],
+            before = [s[3] for s in probes if s[1] < start]
+            after = [s[3] for s in probes if s[1] >= start]
+            wall = stop - start - probe
+            opened = [m for m in self.marks if m[0] == "open" and m[1] <= start]
+            closed = [m for m in self.marks if m[0] == "close" and m[1] > start]
+            cpu = closed[0][2] - opened[-1][2] if opened and closed else None
+            out.append({"wall_s": wall, "train_s": train, "data_s": info["data_wait"],
                         "compute_s": train - info["data_wait"], "val_s": val, "val_forward_s": forward,
                         "val_metrics_s": metrics, "val_read_s": val - forward - metrics, "log_s": logging_,
-                        "other_s": (stop - start) - train - val - logging_, "seen": info["seen"],
-                        "val_cases": val_cases})
+                        "other_s": wall - train - val - logging_, "seen": info["seen"],
+                        "val_cases": val_cases, "validated": any(s[0] == "eval" and s[3] == "val" for s in inside),
+                        "cpu_s": cpu, "bare_before": _wall_ips(before[-1]) if before else None,
+                        "bare_after": _wall_ips(after[0]) if after else None,
+                        "bare_cpu_before": _cpu_ips(before[-1]) if before else None,
+                        "bare_cpu_after": _cpu_ips(after[0]) if after else None})
         return out
+
+
+def _wall_ips(probe) -> float:
+    return probe[0] if isinstance(probe, (tuple, list)) else probe
+
+
+def _cpu_ips(probe) -> float | None:
+    return probe[1] if isinstance(probe, (tuple, list)) else None
+
+
+def bare_step(model: nn.Module, in_channels: int, num_classes: int, size: int, batch: int, iters: int = 5,
+              warmup: int = 1, seed: int = 0) -> tuple[float, float]:
+    """The bare step of seg.models.summary.bench_train (random batch, BCE / CE, backward, Adam, fp32, CPU)
+    -> (img/s by wall time, img/s by this process's CPU time), each from the median step. With one torch
+    thread the CPU-time rate does not depend on how much of a core the process got (a shared machine)."""
+    g = torch.Generator().manual_seed(seed)
+    model = model.train()
+    x = torch.randn(batch, in_channels, size, size, generator=g)
+    if num_classes == 1:
+        y = torch.randint(0, 2, (batch, 1, size, size), generator=g).float()
+        loss_fn = F.binary_cross_entropy_with_logits
+    else:
+        y = torch.randint(0, num_classes, (batch, size, size), generator=g)
+        loss_fn = F.cross_entropy
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    walls, cpus = [], []
+    for step in range(warmup + iters):
+        w0, c0 = time.perf_counter(), time.process_time()
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= warmup:
+            walls.append(time.perf_counter() - w0)
+            cpus.append(time.process_time() - c0)
+    return batch / statistics.median(walls), batch / statistics.median(cpus)
+
+
+def sum_epochs(epochs: Sequence[dict]) -> dict:
+    """The epochs' seconds and counts added up (one "epoch" dict for loop_breakdown)."""
+    keys = ("wall_s", "train_s", "data_s", "compute_s", "val_s", "val_forward_s", "val_metrics_s", "val_read_s",
+            "log_s", "other_s", "seen", "val_cases")
+    out = {k: sum(e[k] for e in epochs) for k in keys}
+    out["cpu_s"] = None if any(e.get("cpu_s") is None for e in epochs) else sum(e["cpu_s"] for e in epochs)
+    return out
+
+
+def cycle_efficiency(epochs: Sequence[dict], val_every: int, step_ips: float, key: str = "wall_s") -> float | None:
+    """Loop / bare step of a long run validating every `val_every` epochs, from measured epochs: per
+    cycle, val_every epochs' images / (one validated epoch's wall + val_every - 1 unvalidated epochs'
+    walls), with the mean validated and unvalidated epoch of the measurement. None if a kind is missing."""
+    done = [e for e in epochs if e["validated"]]
+    skipped = [e for e in epochs if not e["validated"]]
+    if not done or (val_every > 1 and not skipped):
+        return None
+    seen = statistics.mean(e["seen"] for e in epochs)
+    if any(e.get(key) is None for e in epochs):
+        return None
+    wall = statistics.mean(e[key] for e in done)
+    if val_every > 1:
+        wall += (val_every - 1) * statistics.mean(e[key] for e in skipped)
+    return val_every * seen / wall / step_ips
 
 
 def loop_breakdown(epoch: dict, step_ips: float, forward_ips: float | None = None,
@@ -371,38 +501,72 @@ def bench_forward(model: nn.Module, in_channels: int, size: int, batch: int = 1,
     return ips
 
 
+LOOP_EPOCHS = 5            # epoch 1 warms up; 2..5 are measured (validated: 2, 4, 5; not: 3)
+LOOP_VAL_EVERY = 2         # the setting the loop-efficiency goal is measured with (trainer.val_every)
+
+
 def loop_row(model_name: str, dataset: str, workdir: Path, quick: bool, threads: int | None = None) -> dict:
     from seg.train import run
 
-    overrides = ["profile=cpu", "device=cpu", "trainer.epochs=2", "trainer.early_stopping=0",
-                 "tracking.overlays=0", f"tracking.uri=sqlite:///{workdir}/mlflow.db",
-                 f"paths.output={workdir}/outputs", f"threads={threads or 'null'}"]
+    epochs = 3 if quick else LOOP_EPOCHS
+    overrides = ["profile=cpu", "device=cpu", f"trainer.epochs={epochs}", "trainer.early_stopping=0",
+                 f"trainer.val_every={LOOP_VAL_EVERY}", "tracking.overlays=0", "tracking.log_model=false",
+                 f"tracking.uri=sqlite:///{workdir}/mlflow.db", f"paths.output={workdir}/outputs",
+                 f"threads={threads or 'null'}", "resume=false"]
     cfg = preset(model_name, "cpu", dataset, overrides)
     size, batch = int(cfg.dataset.image_size), int(cfg.trainer.batch_size)
     in_ch, n_cls = int(cfg.dataset.in_channels), int(cfg.dataset.num_classes)
     torch.manual_seed(0)
     bare = build(cfg.model)
-    step_before = bench_train(bare, in_ch, n_cls, size, batch, iters=3 if quick else 5, warmup=1)
-    probe = LoopProbe()
+    iters = 3 if quick else 5
+    probe = LoopProbe(lambda: bare_step(bare, in_ch, n_cls, size, batch, iters=iters, warmup=1))
     start = time.perf_counter()
     run(cfg, hooks=[probe])
     run_s = time.perf_counter() - start
-    step_after = bench_train(bare, in_ch, n_cls, size, batch, iters=3 if quick else 5, warmup=1)
-    step_ips = (step_before + step_after) / 2
-    # seg.engine.inference.evaluate predicts 2D validation cases 16 per forward pass: the bare forward at that batch
-    forward_ips = bench_forward(bare, in_ch, size, batch=16, window=0.2 if quick else 0.4)
+    # seg.engine.inference.evaluate predicts validation images up to the loop's val_batch_size per forward pass
+    forward_ips = bench_forward(bare, in_ch, size, batch=24, window=0.2 if quick else 0.4)
     loop_step_ips = bench_loop_step(cfg, bare, batches=3 if quick else 6)
-    epochs = probe.epochs()
-    last = epochs[-1]
-    loop_ips, train_ips = last["seen"] / last["wall_s"], last["seen"] / last["train_s"]
+    all_epochs = probe.epochs()
+    measured = all_epochs[1:]
+    bares = [v for e in measured for v in (e["bare_before"], e["bare_after"]) if v is not None]
+    step_ips = statistics.mean(bares)
+    total = sum_epochs(measured)
+    loop_ips, train_ips = total["seen"] / total["wall_s"], total["seen"] / total["train_s"]
+    efficiency = cycle_efficiency(measured, LOOP_VAL_EVERY, step_ips)
+    every_epoch = cycle_efficiency(measured, 1, step_ips)
+    cpu_bares = [v for e in measured for v in (e["bare_cpu_before"], e["bare_cpu_after"]) if v is not None]
+    step_cpu_ips = statistics.mean(cpu_bares) if cpu_bares else None
+    cpu_ratio = cycle_efficiency(measured, LOOP_VAL_EVERY, step_cpu_ips, "cpu_s") if step_cpu_ips else None
+    cpu_every_epoch = cycle_efficiency(measured, 1, step_cpu_ips, "cpu_s") if step_cpu_ips else None
+    per_epoch = []
+    for e in measured:
+        pair = [v for v in (e["bare_before"], e["bare_after"]) if v is not None]
+        per_epoch.append(e["seen"] / e["wall_s"] / statistics.mean(pair) if pair else None)
+    breakdown = loop_breakdown(total, step_ips, forward_ips, loop_step_ips)
     return {"model": f"{model_name} cpu", "name": model_name, "dataset": dataset, "size": size, "batch": batch,
             "workers": int(cfg.trainer.num_workers), "amp": str(cfg.amp), "loss": str(cfg.loss.name),
-            "grad_clip": cfg.trainer.grad_clip, "step_img_per_s": step_ips,
-            "step_img_per_s_before_after": [step_before, step_after], "loop_img_per_s": loop_ips,
-            "train_img_per_s": train_ips, "ratio": loop_ips / step_ips, "train_ratio": train_ips / step_ips,
-            "epochs": epochs, "measured_epoch": len(epochs), "run_s": run_s,
+            "grad_clip": cfg.trainer.grad_clip, "val_every": LOOP_VAL_EVERY, "epochs_run": epochs,
+            "step_img_per_s": step_ips, "step_probes_img_per_s": bares, "loop_img_per_s": loop_ips,
+            "train_img_per_s": train_ips, "ratio": efficiency if efficiency is not None else loop_ips / step_ips,
+            "ratio_val_every_1": every_epoch, "ratio_measured_epochs": loop_ips / step_ips,
+            "ratio_per_epoch": per_epoch, "train_ratio": train_ips / step_ips,
+            "step_cpu_img_per_s": step_cpu_ips, "cpu_ratio": cpu_ratio, "cpu_ratio_val_every_1": cpu_every_epoch,
+            "cpu_threads": torch.get_num_threads(),
+            "epochs": all_epochs, "measured": total, "measured_epochs": len(measured), "run_s": run_s,
             "forward_img_per_s": forward_ips, "loop_step_img_per_s": loop_step_ips,
-            "breakdown": loop_breakdown(last, step_ips, forward_ips, loop_step_ips)}
+            "breakdown": breakdown, "shares": loop_shares(breakdown)}
+
+
+def loop_shares(breakdown: dict) -> dict:
+    """Where the measured epochs' wall time went, in four shares that add up to 1: data (DataLoader wait),
+    step (training steps), val (validation: forward, metrics, reading), checkpoint_log (MLflow logging,
+    checkpoint, scheduler, the rest)."""
+    share = breakdown["share_of_wall"]
+    parts = {"data": share["data"],
+             "val": share["val_network"] + share["val_forward"] + share["val_metrics"] + share["val_read"],
+             "checkpoint_log": share["log"] + share["other"]}
+    parts["step"] = 1.0 - sum(parts.values())
+    return {k: parts[k] for k in ("data", "step", "val", "checkpoint_log")}
 
 
 def section_loop(quick: bool, threads: int | None = None) -> dict:
@@ -412,11 +576,61 @@ def section_loop(quick: bool, threads: int | None = None) -> dict:
             row = loop_row(model_name, "covid_infection", Path(tmp), quick, threads)
             rows.append(row)
             b = row["breakdown"]
-            log(f"  {row['model']:16s} loop {row['loop_img_per_s']:7.2f} img/s (train part "
-                f"{row['train_img_per_s']:.2f}) / step {row['step_img_per_s']:.2f} = {row['ratio']:.2f}; "
-                f"largest overhead: {b['bottleneck']} ({b['share_of_wall'][b['bottleneck']]:.0%} of the epoch)")
-    return {"rows": rows, "goal": GOALS["loop"], "dataset": "covid_infection",
+            log(f"  {row['model']:16s} loop / step {row['ratio']:.2f} (val_every={row['val_every']}; every epoch "
+                f"validated: {_num(row['ratio_val_every_1'])}); by CPU time {_num(row['cpu_ratio'])} (every epoch "
+                f"{_num(row['cpu_ratio_val_every_1'])}); step {row['step_img_per_s']:.2f} img/s; shares "
+                + ", ".join(f"{k} {v:.0%}" for k, v in row["shares"].items())
+                + f"; largest overhead: {b['bottleneck']} ({b['share_of_wall'][b['bottleneck']]:.0%})")
+    return {"rows": rows, "goal": GOALS["loop"], "dataset": "covid_infection", "val_every": LOOP_VAL_EVERY,
             "store": "MLflow sqlite store in a temporary directory"}
+
+
+GOALS["eval3d"] = 0.10
+
+
+def section_eval3d(quick: bool, threads: int | None = None) -> dict:
+    """The 3D evaluation's share of a cpu-profile ACDC run (phantom): seg.train.run for a few epochs with
+    the probe hook; validation (10 volumes) every epoch, the test pass (20 volumes, HD/HD95/ASSD) at the
+    end. Measured: the share of evaluation in the run's training + evaluation time; projected: the same
+    for the profile's full epoch count from the measured per-epoch times."""
+    from seg.train import run
+
+    epochs = 2 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="segsweep-bench-") as tmp:
+        overrides = ["profile=cpu", "device=cpu", f"trainer.epochs={epochs}", "trainer.early_stopping=0",
+                     "tracking.overlays=0", "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+                     f"paths.output={tmp}/outputs", f"threads={threads or 'null'}", "resume=false"]
+        cfg = preset("unet", "cpu", "acdc", overrides)
+        probe = LoopProbe()
+        start = time.perf_counter()
+        run(cfg, hooks=[probe])
+        run_s = time.perf_counter() - start
+    spans = probe.spans
+    first = min(s[1] for s in spans if s[0] == "train")
+    test = [s for s in spans if s[0] == "eval" and s[3] == "test"][0]
+    val_s = sum(s[2] - s[1] for s in spans if s[0] == "eval" and s[3] == "val")
+    test_s = test[2] - test[1]
+    test_forward = sum(s[2] - s[1] for s in spans if s[0] == "forward" and s[1] >= test[1])
+    test_metrics = sum(s[2] - s[1] for s in spans if s[0] == "metrics" and s[1] >= test[1])
+    fit_s = test[1] - first
+    total = test[2] - first
+    per_epoch, val_per_epoch = fit_s / epochs, val_s / epochs
+    profile_epochs = int(preset("unet", "cpu", "acdc").trainer.epochs)
+    projected = (profile_epochs * val_per_epoch + test_s) / (profile_epochs * per_epoch + test_s)
+    half = math.ceil(profile_epochs / 2)          # trainer.val_every=2: half the epochs validated
+    projected_2 = (half * val_per_epoch + test_s) / (profile_epochs * (per_epoch - val_per_epoch) + half * val_per_epoch
+                                                     + test_s)
+    out = {"dataset": "acdc (phantom)", "model": "unet cpu", "epochs": epochs, "profile_epochs": profile_epochs,
+           "run_s": run_s, "train_and_eval_s": total, "fit_s": fit_s, "val_s": val_s, "test_s": test_s,
+           "test_forward_s": test_forward, "test_metrics_s": test_metrics,
+           "test_read_s": test_s - test_forward - test_metrics,
+           "share_measured": (val_s + test_s) / total, "share_projected": projected,
+           "share_projected_val_every_2": projected_2, "goal": GOALS["eval3d"]}
+    log(f"  ACDC unet cpu, {epochs} epochs: evaluation {val_s + test_s:.1f} s of {total:.1f} s "
+        f"({out['share_measured']:.0%}); test pass {test_s:.1f} s (forward {test_forward:.1f} s, metrics "
+        f"{test_metrics:.1f} s); projected for the profile's {profile_epochs} epochs: {projected:.0%} "
+        f"(with trainer.val_every=2: {projected_2:.0%})")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,14 +671,15 @@ def section_peers(quick: bool, ceiling: float | None) -> dict:
               "MONAI BasicUNet": (basic(wb), f"features=({wb}, {wb}, {2 * wb}, {4 * wb}, {8 * wb}, {wb})"),
               "MONAI UNet": (unet(wu), f"channels=({wu}, {2 * wu}, {4 * wu}, {8 * wu}, {16 * wu}), "
                                        "strides 2, num_res_units=2")}
-    smp_note = SMP_NOTE
-    try:
-        import segmentation_models_pytorch as smp  # noqa: F401  (dev-only; absent here, see SMP_NOTE)
-        models["smp Unet (resnet18)"] = (smp.Unet("resnet18", encoder_weights=None, in_channels=in_ch, classes=n_cls),
-                                         "encoder resnet18, no pretrained weights (smallest standard encoder)")
-        smp_note = f"segmentation_models_pytorch {smp.__version__} measured (resnet18 encoder)."
-    except Exception:
-        pass
+    smp, smp_note = import_smp()
+    if smp is not None:
+        encoder, count = nearest_smp_encoder(smp, in_ch, n_cls, target)
+        models[f"smp Unet ({encoder})"] = (smp.Unet(encoder, encoder_weights=None, in_channels=in_ch, classes=n_cls),
+                                           f"smp.Unet('{encoder}', encoder_weights=None), default decoder")
+        smp_note = (f"segmentation_models_pytorch {smp.__version__}: Unet with the encoder (of {', '.join(SMP_ENCODERS)}) "
+                    f"nearest in parameters to our preset, {encoder} ({count:,} parameters; smp's smallest "
+                    "Unet is several times our cpu preset: its decoder alone has ~2-3 M), encoder_weights=None "
+                    "(nothing downloaded). " + smp_note)
     rows = {}
     for name, (model, spec) in models.items():
         fwd = count_flops(model.eval(), torch.randn(1, in_ch, size, size))
@@ -487,8 +702,84 @@ def section_peers(quick: bool, ceiling: float | None) -> dict:
         log(f"  {row['model']:24s} {row['params']:>9,} params {row['train_gflops_per_img']:.2f} GFLOP/img "
             f"{row['img_per_s']:7.2f} img/s  ours/theirs {row['ours_over_theirs']:.2f} "
             f"(per GFLOP {row['ours_over_theirs_per_gflop']:.2f})")
+    paper = section_peers_paper(quick, ceiling, smp) if smp is not None else None
     return {"rows": list(rows.values()), "target_params": target, "size": size, "batch": batch,
-            "monai": monai.__version__, "smp_note": smp_note, "rounds": rounds, "iters": iters}
+            "monai": monai.__version__, "smp_note": smp_note, "rounds": rounds, "iters": iters, "paper": paper}
+
+
+def import_smp():
+    """(segmentation_models_pytorch or None, a note). Hugging Face Hub is put offline first (smp / timm
+    must not download anything here: every model is built with encoder_weights=None). The torchvision
+    wheel on the package index is the CUDA build; against the CPU torch its C extension (_C.so, linked to
+    libtorch_cuda) does not load, and torchvision's import then fails registering fake kernels for
+    torchvision::nms / qnms: the two operator schemas are declared first (a shim; smp's Unet uses neither)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    note = ""
+    try:
+        import segmentation_models_pytorch as smp
+        return smp, note
+    except ModuleNotFoundError as err:
+        return None, (f"segmentation_models_pytorch is not installed ({err}): `pip install -r requirements-dev.txt` "
+                      f"(segmentation-models-pytorch=={SMP_VERSION}) to measure it.")
+    except Exception:
+        pass
+    try:
+        lib = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import_smp._lib = lib                                   # keep the library (and its definitions) alive
+        for name in [m for m in sys.modules if m.startswith(("torchvision", "timm", "segmentation_models_pytorch"))]:
+            del sys.modules[name]
+        import segmentation_models_pytorch as smp
+        note = ("torchvision's C extension did not load (the index's wheel is the CUDA build; torch here is the CPU "
+                "build): torchvision::nms / qnms were declared as stubs so that it imports; smp's Unet uses neither.")
+        return smp, note
+    except Exception as err:
+        return None, f"segmentation_models_pytorch could not be imported: {type(err).__name__}: {err}"
+
+
+def nearest_smp_encoder(smp, in_ch: int, n_cls: int, target: int) -> tuple[str, int]:
+    """(encoder, params) of the smp.Unet (encoder_weights=None) among SMP_ENCODERS nearest to target params."""
+    counts = {}
+    for name in SMP_ENCODERS:
+        try:
+            counts[name] = n_params(smp.Unet(name, encoder_weights=None, in_channels=in_ch, classes=n_cls))
+        except Exception:                       # an encoder missing from this smp version
+            continue
+    best = min(counts, key=lambda k: abs(counts[k] - target))
+    return best, counts[best]
+
+
+def section_peers_paper(quick: bool, ceiling: float | None, smp) -> dict:
+    """Our U-Net paper preset vs smp's Unet with the encoder nearest in parameters, 256 px, batch 1."""
+    cfg = preset("unet", "paper")
+    size, in_ch, n_cls = int(cfg.dataset.image_size), int(cfg.dataset.in_channels), int(cfg.dataset.num_classes)
+    torch.manual_seed(0)
+    ours = build(cfg.model)
+    encoder, _ = nearest_smp_encoder(smp, in_ch, n_cls, n_params(ours))
+    models = {"ours: U-Net paper preset": ours,
+              f"smp Unet ({encoder})": smp.Unet(encoder, encoder_weights=None, in_channels=in_ch, classes=n_cls)}
+    rows = {}
+    for name, model in models.items():
+        x, y = random_batch(1, in_ch, n_cls, size)
+        rows[name] = {"model": name, "params": n_params(model), "size": size, "batch": 1,
+                      "train_gflops_per_img": train_flops(model, x, y, loss_for(n_cls)) / 1e9, "rounds": []}
+    for r in range(1 if quick else 2):
+        for name, model in models.items():
+            rows[name]["rounds"].append(bench_train(model, in_ch, n_cls, size, 1, iters=2, warmup=1 if r == 0 else 0))
+    ref = rows["ours: U-Net paper preset"]
+    for row in rows.values():
+        row["img_per_s"] = statistics.median(row["rounds"])
+        row["achieved_gflops"] = row["img_per_s"] * row["train_gflops_per_img"]
+        row["mfu"] = row["achieved_gflops"] / ceiling if ceiling else None
+    for row in rows.values():
+        row["ours_over_theirs"] = ref["img_per_s"] / row["img_per_s"]
+        row["ours_over_theirs_per_gflop"] = ref["achieved_gflops"] / row["achieved_gflops"]
+        log(f"  {row['model']:32s} {row['params']:>11,} params {row['train_gflops_per_img']:.1f} GFLOP/img "
+            f"{row['img_per_s']:6.3f} img/s  ours/theirs {row['ours_over_theirs']:.2f} "
+            f"(per GFLOP {row['ours_over_theirs_per_gflop']:.2f})")
+    return {"rows": list(rows.values()), "size": size, "batch": 1, "encoder": encoder}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,22 +985,36 @@ def ratios(res: dict) -> list[dict]:
     for row in sec.get("loop", {}).get("rows", []):
         goal, b = GOALS["loop"], row["breakdown"]
         met = row["ratio"] >= goal
-        note = ("" if met else f"bottleneck: {b['bottleneck']} ({100 * b['share_of_wall'][b['bottleneck']]:.0f}% "
-                f"of the epoch); fix: {FIXES[b['bottleneck']]}")
+        shares = ", ".join(f"{k.replace('_', ' + ')} {100 * v:.0f}%" for k, v in row.get("shares", {}).items())
+        note = (f"trainer.val_every={row.get('val_every', 1)}; shares of the epochs: {shares}" if shares else "") + (
+            "" if met else f"; bottleneck: {b['bottleneck']} ({100 * b['share_of_wall'][b['bottleneck']]:.0f}% "
+                           f"of the epoch); fix: {FIXES[b['bottleneck']]}")
         out.append({"name": f"loop / step, {row['model']}", "value": row["ratio"], "goal": goal, "met": met,
                     "note": note})
-        if b.get("suite") is not None:
-            met = b["suite"] >= goal
-            key = b["suite_bottleneck"]
-            note = ("bare network work (training steps + validation forwards) / epoch wall time"
-                    + ("" if met else f"; bottleneck: {key} ({100 * b['share_of_wall'][key]:.0f}% of the epoch); "
-                                      f"fix: {FIXES[key]}"))
-            out.append({"name": f"network / loop, {row['model']}", "value": b["suite"], "goal": goal, "met": met,
-                        "note": note})
-    for row in sec.get("peers", {}).get("rows", []):
+        if row.get("cpu_ratio") is not None:
+            out.append({"name": f"loop / step by CPU time, {row['model']}", "value": row["cpu_ratio"], "goal": goal,
+                        "met": row["cpu_ratio"] >= goal,
+                        "note": f"trainer.val_every={row.get('val_every', 1)}; process CPU time of the epochs and of the "
+                                f"bare step ({row.get('cpu_threads')} torch thread(s)); every epoch validated: "
+                                f"{_num(row.get('cpu_ratio_val_every_1'))}"})
+        if row.get("ratio_val_every_1") is not None:
+            out.append({"name": f"loop / step, every epoch validated (val_every=1), {row['model']}",
+                        "value": row["ratio_val_every_1"], "goal": None, "met": None,
+                        "note": "from the validated epochs of the same run"})
+    ev = sec.get("eval3d", {})
+    if "share_measured" in ev:
+        out.append({"name": f"3D evaluation share of an ACDC cpu-profile run ({ev['epochs']} epochs)",
+                    "value": ev["share_measured"], "goal": ev["goal"], "met": ev["share_measured"] <= ev["goal"],
+                    "note": f"goal: at most {100 * ev['goal']:.0f}%; projected for {ev['profile_epochs']} epochs: "
+                            f"{100 * ev['share_projected']:.0f}% (val_every=2: "
+                            f"{100 * (ev.get('share_projected_val_every_2') or math.nan):.0f}%); test pass {ev['test_s']:.1f} s (forward "
+                            f"{ev['test_forward_s']:.1f} s, metrics {ev['test_metrics_s']:.1f} s)"})
+    peer_rows = list(sec.get("peers", {}).get("rows", [])) + list((sec.get("peers", {}).get("paper") or {}).get("rows", []))
+    for row in peer_rows:
         if row["model"].startswith("ours"):
             continue
-        out.append({"name": f"ours / {row['model']} img/s", "value": row["ours_over_theirs"], "goal": None,
+        out.append({"name": f"ours / {row['model']} img/s" + (" (paper, 256 px)" if row.get("size") == 256 else ""),
+                    "value": row["ours_over_theirs"], "goal": None,
                     "met": None, "note": f"per GFLOP (achieved FLOP/s ratio): {row['ours_over_theirs_per_gflop']:.2f}"})
     metrics = sec.get("metrics", {}).get("result")
     if metrics:
@@ -732,14 +1037,51 @@ def ratios(res: dict) -> list[dict]:
     return out
 
 
+def summary_keys(res: dict) -> dict:
+    """The headline numbers under flat names (bench.json "keys"): loop_efficiency_<model>_cpu (one per cpu
+    preset, with its data / step / val / checkpoint_log shares as loop_shares_<model>_cpu),
+    hd95_speedup (the slowest case) and hd95_speedup_<case>, eval3d_share_acdc_cpu, ..."""
+    sec, keys = res.get("sections", {}), {}
+    for row in sec.get("loop", {}).get("rows", []):
+        name = row["model"].replace(" ", "_")
+        keys[f"loop_efficiency_{name}"] = row["ratio"]
+        keys[f"loop_val_every_1_ratio_{name}"] = row.get("ratio_val_every_1")
+        keys[f"loop_cpu_time_ratio_{name}"] = row.get("cpu_ratio")
+        keys[f"loop_shares_{name}"] = row.get("shares")
+    metrics = sec.get("metrics", {}).get("result") or {}
+    if "slowest_ratio" in metrics:
+        keys["hd95_speedup"] = metrics["slowest_ratio"]
+        keys["hd95_max_abs_diff_mm"] = metrics.get("max_abs_diff_mm")
+        for r in metrics.get("results", []):
+            slug = "".join(c if c.isalnum() else "_" for c in r["case"].lower()).strip("_")
+            while "__" in slug:
+                slug = slug.replace("__", "_")
+            keys[f"hd95_speedup_{slug}"] = r["ratio"]
+    ev = sec.get("eval3d", {})
+    if "share_measured" in ev:
+        keys["eval3d_share_acdc_cpu"] = ev["share_measured"]
+        keys["eval3d_share_acdc_cpu_projected"] = ev["share_projected"]
+        keys["eval3d_share_acdc_cpu_projected_val_every_2"] = ev.get("share_projected_val_every_2")
+    for row in sec.get("step", {}).get("rows", []):
+        keys[f"mfu_{row['model'].replace(' ', '_')}"] = row.get("mfu")
+    for row in list(sec.get("peers", {}).get("rows", [])) + list((sec.get("peers", {}).get("paper") or {}).get("rows", [])):
+        if not row["model"].startswith("ours"):
+            slug = "".join(c if c.isalnum() else "_" for c in row["model"].lower()).strip("_")
+            suffix = "_paper" if row.get("size") == 256 else ""
+            keys[f"ours_over_{slug}{suffix}_per_gflop"] = row["ours_over_theirs_per_gflop"]
+            keys[f"ours_over_{slug}{suffix}_img_per_s"] = row["ours_over_theirs"]
+    return keys
+
+
 def finalize_ceiling(sec: dict) -> float:
     """The run's ceiling = the best of the first roofline and its re-checks after each section (on a
     shared machine the first one may fall in a busy moment); MFU of every row is recomputed against it."""
     roof = sec["roofline"]
     ceiling = max([roof["first_gflops"], *(c["gflops"] for c in roof.get("checks", []))])
     roof["ceiling_gflops"] = ceiling
-    for name in ("step", "peers"):
-        for row in sec.get(name, {}).get("rows", []):
+    for rows in (sec.get("step", {}).get("rows", []), sec.get("peers", {}).get("rows", []),
+                 (sec.get("peers", {}).get("paper") or {}).get("rows", [])):
+        for row in rows:
             row["mfu"] = row["achieved_gflops"] / ceiling
     return ceiling
 
@@ -755,7 +1097,9 @@ def write_md(res: dict) -> str:
     lines = ["# segsweep benchmarks", "",
              f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores (torch threads: {m.get('torch_threads', '?')}"
              f"), torch {m.get('torch', '?')}, Python {m.get('python', '?')}, {m.get('platform', '?')}; "
-             f"GPU: {m.get('cuda') or 'none'}; run {m.get('date_utc', '?')}, {_num(res.get('total_s'), '.0f')} s.",
+             f"GPU: {m.get('cuda') or 'none'}; run {m.get('date_utc', '?')}, {_num(res.get('total_s'), '.0f')} s"
+             + (f"; commit {m['commit'][:12]}{' (with uncommitted changes)' if m.get('dirty') else ''}"
+                if m.get("commit") else "") + ".",
              "", "The CPU is shared: absolute numbers are noisy (load average at start "
              f"{_loads(m.get('loadavg_start'))}, at the end {_loads(m.get('loadavg_end'))}); the ratios, "
              "taken between numbers measured in this same run, are what count."]
@@ -772,7 +1116,8 @@ def write_md(res: dict) -> str:
             "noise (a few tens of per cent).")]
     lines += ["", "## Ratios", ""]
     rows = [(r["name"], _num(r["value"], ".3f") if r["value"] is not None and r["value"] < 1 else _num(r["value"]),
-             "-" if r["goal"] is None else f">= {r['goal']:g}",
+             "-" if r["goal"] is None else (f"<= {r['goal']:g}" if r["name"].startswith("3D evaluation")
+                                            else f">= {r['goal']:g}"),
              "-" if r["met"] is None else ("met" if r["met"] else "**missed**"), r["note"]) for r in ratios(res)]
     lines += _table(("ratio", "value", "goal", "", "note"), rows) if rows else ["(no ratios: no section ran)"]
 
@@ -800,42 +1145,73 @@ def write_md(res: dict) -> str:
         + ["", "FLOPs from torch.utils.flop_counter (multiply-add = 2; convolutions, matmuls, attention); train "
                "= forward + backward. Loss BCE-with-logits, Adam; img/s = batch / median step time "
                "(seg.models.summary.bench_train). MFU = img/s x train FLOP/img / the matmul ceiling."])
-    lines += ["", "## 3. Loop efficiency (the real training loop, one epoch, vs the bare step)", ""]
+    lines += ["", "## 3. Loop efficiency (the real training loop vs the bare step)", ""]
     if not error("loop"):
         loop = sec["loop"]
         parts = ("data", "step_extra", "val_network", "val_forward", "val_metrics", "val_read", "log", "other")
-        lines += _table(("model", "loop img/s", "train part img/s", "step img/s", "loop / step", "train part / step",
-                         "network / loop", *(p.replace("_", " ") for p in parts), "bottleneck",
+        lines += _table(("model", f"loop / step (val_every={loop.get('val_every', 1)})", "every epoch validated",
+                         "measured epochs", "by CPU time", "by CPU time, every epoch validated",
+                         "loop img/s", "step img/s", "data", "step", "val", "checkpoint + log", "bottleneck"),
+                        [(r["model"], f"**{r['ratio']:.2f}**", _num(r.get("ratio_val_every_1")),
+                          _num(r.get("ratio_measured_epochs")), _num(r.get("cpu_ratio")),
+                          _num(r.get("cpu_ratio_val_every_1")), _num(r["loop_img_per_s"]), _num(r["step_img_per_s"]),
+                          *(_pct(r.get("shares", {}).get(k)) for k in ("data", "step", "val", "checkpoint_log")),
+                          r["breakdown"]["bottleneck"]) for r in loop["rows"]])
+        lines += ["", "Where the time beyond the bare training steps goes (shares of the measured epochs' wall time):", ""]
+        lines += _table(("model", "train part / step", "network / loop", *(p.replace("_", " ") for p in parts),
                          "step extra of train_epoch, pre-loaded"),
-                        [(r["model"], _num(r["loop_img_per_s"]), _num(r["train_img_per_s"]), _num(r["step_img_per_s"]),
-                          f"**{r['ratio']:.2f}**", _num(r["train_ratio"]), _num(r["breakdown"].get("suite")),
+                        [(r["model"], _num(r["train_ratio"]), _num(r["breakdown"].get("suite")),
                           *(_pct(r["breakdown"]["share_of_wall"].get(k)) for k in parts),
-                          r["breakdown"]["bottleneck"], _pct(r["breakdown"].get("loop_step_share")))
-                         for r in loop["rows"]])
+                          _pct(r["breakdown"].get("loop_step_share"))) for r in loop["rows"]])
         r0 = loop["rows"][0] if loop["rows"] else {}
         lines += ["", f"seg.train.run on {loop['dataset']} (cpu profile: {r0.get('size')} px, batch {r0.get('batch')}, "
                       f"{r0.get('workers')} workers, amp={r0.get('amp')} (off on CPU), loss {r0.get('loss')}, "
-                      f"grad_clip {r0.get('grad_clip')}), 2 epochs, logging to a {loop['store']}; the second epoch "
-                      f"is measured: its {r0.get('epochs', [{}])[-1].get('seen')} training images / its wall time "
-                      f"(training, validation of {r0.get('epochs', [{}])[-1].get('val_cases')} cases, MLflow "
-                      "logging, checkpoint, up to the next epoch); \"train part\" = the same images / the "
-                      "train_epoch time alone. Step img/s = the mean of the bare step measured just before and "
-                      "just after the run, same model, batch and size. \"network / loop\" = (the bare training "
-                      "steps for the epoch's images + bare batch-16 forwards for its validation images, measured "
-                      "on pre-loaded tensors) / the epoch's wall time: the share of the epoch that is network "
-                      "work, i.e. what the suite adds on top of the network. The columns data ... other are "
-                      "shares of the epoch's wall time beyond the bare training steps: waiting for the "
-                      "DataLoader; step extra = the loop's steps beyond the bare step (the run's loss, grad "
-                      "clipping, isfinite check, loss.item(); negative = they ran faster, i.e. noise); "
-                      "validation's "
-                      "bare forward passes, the rest of seg.engine.inference.predict_images (logits resized back, threshold), "
-                      "validation Dice/IoU (structure_rows), reading + resizing the val cases, MLflow logging, "
-                      "and the rest (checkpoint, scheduler). The last column: the same step extra measured "
-                      "by running seg.engine.loop.train_epoch on pre-loaded tensors (median of single-batch calls; "
-                      "a second, noisier estimate of the step's own overhead, without the loader). Goal for "
-                      f"both ratios >= {loop['goal']:.2f}."]
+                      f"grad_clip {r0.get('grad_clip')}, trainer.val_every={r0.get('val_every')}), "
+                      f"{r0.get('epochs_run')} epochs, logging to a {loop['store']}; epoch 1 warms up (the decoded-"
+                      "sample cache fills), the others are measured. Each epoch's wall time runs from its training "
+                      "start to the next one's (training, validation if due, MLflow logging, checkpoint). The bare "
+                      "step (seg.models.summary.bench_train, same model, batch and size) is measured by the "
+                      "benchmark's hook at every epoch start and at the end of fit, i.e. just before and after each "
+                      "epoch, and left out of the epoch's time; step img/s = their mean. **loop / step** = a "
+                      f"val_every={r0.get('val_every')} cycle (one validated + {max(0, (r0.get('val_every') or 1) - 1)} "
+                      "unvalidated epoch(s), mean walls of the measured ones) / the bare step; \"every epoch "
+                      "validated\" = the same for val_every=1 (the default: every epoch is like a validated one); "
+                      "\"measured epochs\" = all measured images / all measured wall time. Shares: data = waiting "
+                      "for the DataLoader; step = the training steps; val = validation (forward passes, resizing "
+                      "back, Dice/IoU, reading the cases); checkpoint + log = MLflow logging, best/last checkpoints, "
+                      "scheduler. In the second table: step extra = the loop's steps beyond the bare step (loss, "
+                      "grad clipping, isfinite check, loss.item(); negative = they ran faster than the bare step, "
+                      "i.e. noise); val network = bare forward passes for the validation images (batch 24); "
+                      "\"network / loop\" = bare network work (training steps + validation forwards) / wall "
+                      "time. \"By CPU time\": the same ratios from this process's CPU time (time.process_time) "
+                      "instead of wall time, for the loop's epochs and for the bare-step probes: with one torch "
+                      "thread (--threads 1) they do not depend on how much of a core a shared machine gave the "
+                      "process, but they leave out time spent waiting for the disk (checkpoint fsync, sqlite). "
+                      "Last column: train_epoch on pre-loaded tensors (median of single-batch calls), a "
+                      f"second, noisier estimate of the step's own overhead. Goal >= {loop['goal']:.2f}."]
     else:
         lines += error("loop")
+    lines += ["", "## 3b. 3D evaluation's share of a cpu-profile ACDC run", ""]
+    ev = sec.get("eval3d")
+    if not error("eval3d"):
+        lines += _table(("run", "epochs", "training + evaluation (s)", "validation (s)", "test pass (s)",
+                         "test forward (s)", "test metrics (s)", "test reading (s)", "evaluation share",
+                         f"projected, {ev['profile_epochs']} epochs", "projected, val_every=2"),
+                        [(f"{ev['model']} on {ev['dataset']}", ev["epochs"], _num(ev["train_and_eval_s"], ".1f"),
+                          _num(ev["val_s"], ".1f"), _num(ev["test_s"], ".1f"), _num(ev["test_forward_s"], ".1f"),
+                          _num(ev["test_metrics_s"], ".1f"), _num(ev["test_read_s"], ".1f"),
+                          f"**{_pct(ev['share_measured'])}**", _pct(ev["share_projected"]),
+                          _pct(ev.get("share_projected_val_every_2")))])
+        lines += ["", f"seg.train.run on the ACDC phantom (15 training patients: 210 slices; validation 10 volumes "
+                      f"every epoch; test 20 volumes with HD / HD95 / ASSD), cpu profile, {ev['epochs']} epochs, "
+                      "timed by the same hook; evaluation share = (validation + test pass) / (first epoch start to "
+                      f"the end of the test pass). Projected = the same share for the profile's {ev['profile_epochs']} "
+                      f"epochs from the measured per-epoch times (and with trainer.val_every=2: half of them "
+                      "validated). The validation forward passes alone (70 slices per epoch against 210 training "
+                      "slices, a forward pass costing about a third of a training step) are about a tenth of an "
+                      f"epoch's network work. Goal <= {100 * ev['goal']:.0f}%."]
+    else:
+        lines += error("eval3d")
     lines += ["", "## 4. Peers on the same work", ""]
     if not error("peers"):
         peers = sec["peers"]
@@ -850,6 +1226,15 @@ def write_md(res: dict) -> str:
                       f"({peers['target_params']:,}). \"per GFLOP\" compares achieved FLOP/s (img/s x train "
                       "FLOP/img): above 1 means our network uses the machine better, not just that it does less "
                       "work.", "", peers["smp_note"]]
+        paper = peers.get("paper")
+        if paper:
+            lines += ["", f"Paper presets ({paper['size']} px, batch 1, same step, {len(paper['rows'][0]['rounds'])} "
+                          "interleaved round(s) of 2 timed steps, median):", ""]
+            lines += _table(("model", "params", "train GFLOP/img", "img/s", "MFU", "ours / theirs",
+                             "ours / theirs per GFLOP"),
+                            [(r["model"], f"{r['params']:,}", _num(r["train_gflops_per_img"]), _num(r["img_per_s"], ".3f"),
+                              _pct(r["mfu"]), _num(r["ours_over_theirs"]), _num(r["ours_over_theirs_per_gflop"]))
+                             for r in paper["rows"]])
     else:
         lines += error("peers")
     lines += ["", "## 5. Metrics", ""]
@@ -909,6 +1294,37 @@ def write_md(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_START = "<!-- bench:start (generated by make bench from outputs/bench/bench.json; do not edit) -->"
+README_END = "<!-- bench:end -->"
+
+
+def readme_block(res: dict) -> str:
+    """The README's performance table: every ratio of the run (as bench.md's Ratios table) under one line
+    naming the machine, commit, date and load."""
+    m = res.get("machine", {})
+    head = (f"Generated by `make bench` on {m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('torch_threads', '?')} "
+            f"torch threads), GPU: {m.get('cuda') or 'none'}, torch {m.get('torch', '?')}, commit "
+            f"{(m.get('commit') or '?')[:12]}{' (dirty)' if m.get('dirty') else ''}, {m.get('date_utc', '?')}, "
+            f"{_num(res.get('total_s'), '.0f')} s; 1-minute load average {_loads(m.get('loadavg_start'))} at the start, "
+            f"{_loads(m.get('loadavg_end'))} at the end (a shared machine: absolute numbers are noisy, the ratios "
+            "are taken within the run). Full tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
+    rows = [(r["name"], _num(r["value"], ".3f") if r["value"] is not None and r["value"] < 1 else _num(r["value"]),
+             "-" if r["goal"] is None else (f"<= {r['goal']:g}" if r["name"].startswith("3D evaluation")
+                                            else f">= {r['goal']:g}"),
+             "-" if r["met"] is None else ("met" if r["met"] else "**missed**")) for r in ratios(res)]
+    return "\n".join([README_START, "", head, "", *_table(("ratio", "value", "goal", ""), rows), "", README_END])
+
+
+def update_readme(path: Path, block: str) -> None:
+    """Replace the text between README_START and README_END (markers included) with block; ValueError if
+    the markers are missing."""
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no generated performance table (the lines {README_START!r} ... {README_END!r})")
+    path.write_text(text[:start] + block + text[end + len(README_END):])
+
+
 def _loads(values) -> str:
     return "-" if not values else " / ".join(f"{v:.1f}" for v in values)
 
@@ -926,6 +1342,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT, help="where bench.json and bench.md go")
     parser.add_argument("--render", type=Path, metavar="BENCH_JSON",
                         help="measure nothing: re-derive the ratios of a saved bench.json and print its bench.md")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md",
+                        help="after a full run (every CPU section, not --quick), bench.md is also written here")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
+                        help="after a full run, the generated performance table of this README is replaced")
+    parser.add_argument("--no-results", dest="results", action="store_const", const=None,
+                        help="write only --out (not RESULTS.md, not the README table)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads for every section (default: "
                         "torch's default, as a run with threads=null gets)")
     args = parser.parse_args(list(argv))
@@ -939,8 +1361,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def rederive(res: dict) -> dict:
     """Recompute what bench.json derives from its raw measurements (loop breakdowns, ratios), in place."""
     for row in res.get("sections", {}).get("loop", {}).get("rows", []):
-        row["breakdown"] = loop_breakdown(row["epochs"][-1], row["step_img_per_s"], row.get("forward_img_per_s", row.get("forward_img_per_s_batch1")),
+        row["breakdown"] = loop_breakdown(row.get("measured", row["epochs"][-1]), row["step_img_per_s"],
+                                          row.get("forward_img_per_s", row.get("forward_img_per_s_batch1")),
                                           row.get("loop_step_img_per_s"))
+        row["shares"] = loop_shares(row["breakdown"])
     res["ratios"] = ratios(res)
     return res
 
@@ -965,6 +1389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("roofline", lambda: section_roofline(args.quick)),
         ("step", lambda: section_step(args.quick, ceiling)),
         ("loop", lambda: section_loop(args.quick, args.threads)),
+        ("eval3d", lambda: section_eval3d(args.quick, args.threads)),
         ("peers", lambda: section_peers(args.quick, ceiling)),
         ("data", lambda: section_data(args.quick, sec.get("step"))),
         ("metrics", lambda: run_script(ROOT / "benchmarks" / "bench_metrics.py", OUT / "metrics.json",
@@ -1004,12 +1429,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     res["total_s"] = time.perf_counter() - t_all
     res["ratios"] = ratios(res)
+    res["keys"] = summary_keys(res)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     md = write_md(res)
     (args.out / "bench.md").write_text(md)
     log("\n" + md)
     log(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'} in {res['total_s']:.0f} s")
+    full = set(SECTIONS) - {"gpu"} <= set(args.sections) and not args.quick
+    if args.results and full:
+        args.results.write_text("<!-- generated by `make bench` (python -m benchmarks.run): do not edit -->\n\n" + md)
+        log(f"wrote {args.results}")
+        if args.readme and args.readme.is_file():
+            update_readme(args.readme, readme_block(res))
+            log(f"updated the performance table of {args.readme}")
+    elif args.results:
+        log(f"{args.results} not rewritten: it holds a full run (every CPU section, not --quick)")
     if failed:
         log(f"FAILED sections: {', '.join(failed)}")
         return 1

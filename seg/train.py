@@ -243,7 +243,8 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, device=device, dtype=dtype,
                     num_classes=num_classes, epochs=int(t.epochs), monitor=t.monitor, accumulate=int(t.accumulate),
                     grad_clip=t.grad_clip, limit_batches=t.limit_train_batches,
-                    early_stopping=int(t.early_stopping or 0), state=state, hooks=hooks))
+                    early_stopping=int(t.early_stopping or 0), val_every=int(t.get("val_every") or 1),
+                    state=state, hooks=hooks))
     if state.steps == 0 or not saver.best.is_file():
         raise RuntimeError("the run took no optimizer step (check trainer.limit_train_batches and the training "
                            "set): nothing was trained, so it is not recorded as FINISHED")

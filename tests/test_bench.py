@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.run import (GOALS, LoopProbe, bench_loop_step, finalize_ceiling, loop_breakdown, matmul_gflops,
-                            main, nearest_width, parse_args, rate, ratios, train_flops, write_md)
+from benchmarks.run import (GOALS, README_END, README_START, LoopProbe, bench_loop_step, cycle_efficiency,
+                            finalize_ceiling, loop_breakdown, loop_shares, main, matmul_gflops, nearest_width,
+                            parse_args, rate, ratios, readme_block, summary_keys, sum_epochs, train_flops,
+                            update_readme, write_md)
 from seg.config import build
 from tests.conftest import compose_cfg
 
@@ -105,10 +107,18 @@ def fake_result() -> dict:
                                "batch": 16, "fwd_gflops_per_img": 0.48, "train_gflops_per_img": 1.43,
                                "img_per_s": 20.0, "achieved_gflops": 28.6, "mfu": 0.286}]},
             "loop": {"goal": 0.9, "dataset": "phantom_xray", "store": "temp store",
+                     "val_every": 2,
                      "rows": [{"model": "unet cpu", "size": 96, "batch": 16, "workers": 0, "amp": "auto",
                                "loss": "dice", "grad_clip": 1.0, "step_img_per_s": 12.0, "loop_img_per_s": 9.6,
                                "train_img_per_s": 12.0, "ratio": 0.8, "train_ratio": 1.0, "epochs": [epoch],
-                               "breakdown": loop_breakdown(epoch, 12.0)}]},
+                               "val_every": 2, "epochs_run": 5, "ratio_val_every_1": 0.75,
+                               "ratio_measured_epochs": 0.78, "measured": epoch,
+                               "breakdown": loop_breakdown(epoch, 12.0),
+                               "shares": loop_shares(loop_breakdown(epoch, 12.0))}]},
+            "eval3d": {"dataset": "acdc (phantom)", "model": "unet cpu", "epochs": 3, "profile_epochs": 16,
+                       "run_s": 40.0, "train_and_eval_s": 30.0, "fit_s": 24.0, "val_s": 3.0, "test_s": 6.0,
+                       "test_forward_s": 4.0, "test_metrics_s": 1.5, "test_read_s": 0.5, "share_measured": 0.3,
+                       "share_projected": 0.15, "share_projected_val_every_2": 0.09, "goal": 0.1},
             "peers": {"size": 96, "batch": 16, "rounds": 3, "iters": 4, "monai": "1.6.1", "target_params": 1094269,
                       "smp_note": "smp not installed",
                       "rows": [{"model": "ours: U-Net cpu preset", "spec": "ours", "params": 1094269,
@@ -124,6 +134,8 @@ def fake_result() -> dict:
             "metrics": {"script": "benchmarks/bench_metrics.py", "returncode": 0, "seconds": 30.0,
                         "markdown": "HD95 TABLE HERE",
                         "result": {"slowest_ratio": 7.1, "goal_ratio": 5.0, "max_abs_diff_mm": 3.8e-7,
+                                   "results": [{"case": "256x256 large structure + fp (r 110 px)", "ratio": 7.1},
+                                               {"case": "10x256x256 small organ (r 15 px)", "ratio": 9.0}],
                                    "overlap": [{"metric": "Dice", "ratio": 2.6, "max_abs_diff": 3e-8}]}},
             "predict": {"skipped": "benchmarks/bench_predict.py is not present"},
             "gpu": {"available": False, "note": "No GPU on this machine."},
@@ -143,7 +155,7 @@ def test_ratios_compare_each_measured_ratio_with_its_goal():
     by_name = {r["name"]: r for r in ratios(fake_result())}
     loop = by_name["loop / step, unet cpu"]
     assert loop["value"] == 0.8 and loop["goal"] == GOALS["loop"] and loop["met"] is False
-    assert "bottleneck: val_forward" in loop["note"]
+    assert "bottleneck: val_forward" in loop["note"] and loop["note"].startswith("trainer.val_every=2;")
     assert by_name["data loader / step, phantom_xray"]["met"] is True
     assert by_name["HD95 MONAI time / ours (slowest case)"]["met"] is True
     assert by_name["ours / MONAI BasicUNet img/s"]["value"] == 2.5
@@ -178,7 +190,7 @@ def test_write_md_says_which_sections_did_not_run_or_failed():
     res["sections"] = {"roofline": {"error": "RuntimeError: boom"}}
     md = write_md(res)
     assert "Failed: `RuntimeError: boom`" in md
-    assert md.count("Not run (--sections).") == 7
+    assert md.count("Not run (--sections).") == 8
 
 
 def test_render_rederives_a_saved_bench_json(tmp_path, capsys):
@@ -188,4 +200,148 @@ def test_render_rederives_a_saved_bench_json(tmp_path, capsys):
     path.write_text(json.dumps(res))
     assert main(["--render", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** | bottleneck: val_forward" in out
+    assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** | trainer.val_every=2; shares of the epochs: " in out
+    assert "; bottleneck: val_forward" in out
+
+
+def test_loop_probe_leaves_its_bare_step_probes_out_of_the_epochs():
+    """Probes (bare step, img/s 10 / 20 / 30) at each epoch start and at the end of fit: not in the wall time;
+    each epoch gets the probe just before and just after it."""
+    values = iter([10.0, 20.0, 30.0])
+    probe = LoopProbe(lambda: next(values))
+    probe.spans = [("probe", -1.0, 0.0, 10.0),
+                   ("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}), ("eval", 8.0, 10.0, "val"),
+                   ("probe", 10.0, 12.0, 20.0),
+                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}),
+                   ("probe", 18.5, 19.5, 30.0), ("eval", 20.0, 25.0, "test")]
+    first, second = probe.epochs()
+    assert first["wall_s"] == 10.0 and first["other_s"] == 0.0 and first["validated"] is True
+    assert (first["bare_before"], first["bare_after"]) == (10.0, 20.0)
+    assert second["wall_s"] == 7.0 and second["validated"] is False
+    assert (second["bare_before"], second["bare_after"]) == (20.0, 30.0)
+    total = sum_epochs([first, second])
+    assert total["wall_s"] == 17.0 and total["seen"] == 64 and total["val_s"] == 2.0
+    # val_every=2: one validated (10 s) + one unvalidated (7 s) epoch per 64 images; every epoch validated: 32 / 10 s
+    assert cycle_efficiency([first, second], 2, step_ips=8.0) == pytest.approx(64 / 17 / 8.0)
+    assert cycle_efficiency([first, second], 1, step_ips=8.0) == pytest.approx(32 / 10 / 8.0)
+    assert cycle_efficiency([first], 2, step_ips=8.0) is None               # no unvalidated epoch measured
+
+
+def test_loop_shares_split_the_wall_time_into_four_parts():
+    epoch = {"wall_s": 10.0, "train_s": 8.0, "data_s": 0.5, "compute_s": 7.5, "val_s": 1.2, "val_forward_s": 0.8,
+             "val_metrics_s": 0.2, "val_read_s": 0.2, "log_s": 0.1, "other_s": 0.7, "seen": 96, "val_cases": 24}
+    shares = loop_shares(loop_breakdown(epoch, 96 / 7.0, forward_ips=60.0))
+    assert shares == pytest.approx({"data": 0.05, "step": 0.75, "val": 0.12, "checkpoint_log": 0.08})
+
+
+def test_summary_keys_name_each_preset_and_the_slowest_hd95_case():
+    keys = summary_keys(fake_result())
+    assert keys["loop_efficiency_unet_cpu"] == 0.8 and keys["loop_val_every_1_ratio_unet_cpu"] == 0.75
+    assert set(keys["loop_shares_unet_cpu"]) == {"data", "step", "val", "checkpoint_log"}
+    assert keys["hd95_speedup"] == 7.1
+    assert keys["hd95_speedup_256x256_large_structure_fp_r_110_px"] == 7.1
+    assert keys["eval3d_share_acdc_cpu"] == 0.3 and keys["eval3d_share_acdc_cpu_projected"] == 0.15
+    assert keys["ours_over_monai_basicunet_per_gflop"] == 1.52
+    assert [k for k in keys if "loop_efficiency" in k] == ["loop_efficiency_unet_cpu"]
+
+
+def test_eval3d_share_is_rendered_with_its_goal_as_an_upper_bound():
+    res = fake_result()
+    md = write_md(res)
+    assert "## 3b. 3D evaluation's share of a cpu-profile ACDC run" in md
+    assert "| unet cpu on acdc (phantom) | 3 | 30.0 | 3.0 | 6.0 | 4.0 | 1.5 | 0.5 | **30.0%** | 15.0% | 9.0% |" in md
+    assert "| 3D evaluation share of an ACDC cpu-profile run (3 epochs) | 0.300 | <= 0.1 | **missed** |" in md
+    assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** | trainer.val_every=2; shares of the epochs:" in md
+
+
+def test_readme_table_is_replaced_between_its_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{README_START}\nold numbers\n{README_END}\nafter\n")
+    res = fake_result()
+    res["machine"]["commit"] = "0123456789abcdef"
+    update_readme(readme, readme_block(res))
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n") and text.endswith("\nafter\n") and "old numbers" not in text
+    assert "commit 0123456789ab" in text and "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** |" in text
+    assert text.count(README_START) == 1 and text.count(README_END) == 1
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="no generated performance table"):
+        update_readme(readme, readme_block(res))
+
+
+def test_gpu_benchmark_exits_cleanly_without_cuda(tmp_path, capsys, monkeypatch):
+    """No CUDA: status 0, a message saying why, nothing measured or written (not even RESULTS.md)."""
+    from benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    assert gpu.main(["--out", str(tmp_path / "out"), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "No CUDA device: torch.cuda.is_available() is False" in out and "nothing was measured" in out
+    assert not (tmp_path / "out").exists() and results.read_text() == "# results\n"
+
+
+def test_gpu_peak_table_matches_device_names():
+    from benchmarks.gpu import peak_for
+
+    assert peak_for("NVIDIA H100 80GB HBM3") == ("NVIDIA H100 SXM", pytest.approx(
+        {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}))
+    assert peak_for("NVIDIA H100 PCIe")[0] == "NVIDIA H100 PCIe"
+    assert peak_for("NVIDIA H200")[1]["bf16"] == 989.4
+    assert peak_for("NVIDIA A100-SXM4-80GB")[1]["bf16"] == 312.0
+    assert peak_for("Some Future Card") is None
+
+
+def test_gpu_report_renders_its_parts():
+    from benchmarks.gpu import write_md
+
+    res = {"machine": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8", "cudnn": 91000,
+                       "python": "3.11", "commit": "abcdef1234567890", "date_utc": "2026-11-26 18:00 UTC"},
+           "step": {"card": "NVIDIA H100 SXM", "peaks_tflops": {"bf16": 989.4}, "matmul_bf16_tflops": 700.0,
+                    "matmul_fp32_tflops": 50.0, "amp_speedup_unet": 2.5, "best_bf16_mfu": 0.3,
+                    "rows": [{"model": "unet paper", "variant": "bf16 AMP", "size": 256, "batch": 16,
+                              "img_per_s": 1000.0, "speedup_vs_fp32": 2.4, "achieved_tflops": 288.5,
+                              "mfu": 0.2916, "of_matmul": 0.41}]},
+           "train": {"dataset": "covid_infection (phantom)", "model": "unet", "profile": "cpu", "epochs": 3,
+                     "tolerance": 0.05, "abs_diff": {"dice": 0.01, "iou": 0.012}, "match": True,
+                     "runs": {"off": {"best_val": 0.5, "seconds": 20.0, "test": {"dice": 0.6, "iou": 0.45, "hd95": 9.0}},
+                              "fp16": {"best_val": 0.51, "seconds": 15.0,
+                                       "test": {"dice": 0.61, "iou": 0.462, "hd95": 8.5}}}},
+           "predict": {"images": 64, "seconds": 8.0, "img_per_s": 8.0, "returncode": 0, "files_written": 129},
+           "errors": {}}
+    md = write_md(res)
+    assert "NVIDIA H100 80GB HBM3, torch 2.13.0, CUDA 12.8" in md and "commit abcdef123456" in md
+    assert "| unet paper | bf16 AMP | 256 | 16 | 1000.0 | 2.40 | 288.5 | 29.2% | 41% |" in md
+    assert "fp16 AMP / fp32 on U-Net paper: **2.50x** (goal >= 2: met); best bf16 MFU: **30.0%** (goal >= 40%: missed)" in md
+    assert "| fp16 | 0.5100 | 0.6100 | 0.4620 | 8.50 | 15 |" in md and "(tolerance 0.05: match)" in md
+    assert "64 phantom PNGs in 8.0 s" in md
+
+
+def test_loop_probe_measures_each_epochs_cpu_time_between_its_marks():
+    """Marks at each epoch start (close the previous epoch, probe, open this one) and at fit end: an epoch's
+    CPU time runs from its "open" mark to the next "close" mark, the probe's own CPU time left out."""
+    probe = LoopProbe()
+    probe.marks = [("close", -2.0, 0.0), ("open", -0.5, 1.0),          # fit start: probe used 1 s of CPU
+                   ("close", 11.0, 9.0), ("open", 11.5, 9.5),            # epoch 1 used 8 s
+                   ("close", 19.0, 15.5)]                                 # epoch 2 used 6 s
+    probe.spans = [("probe", -1.5, -1.0, (10.0, 12.0)),
+                   ("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}), ("eval", 8.0, 10.0, "val"),
+                   ("probe", 11.0, 11.5, (20.0, 24.0)),
+                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}),
+                   ("probe", 19.0, 19.5, (30.0, 36.0)), ("eval", 20.0, 25.0, "test")]
+    first, second = probe.epochs()
+    assert first["cpu_s"] == 8.0 and second["cpu_s"] == 6.0
+    assert (first["bare_before"], first["bare_cpu_before"], first["bare_cpu_after"]) == (10.0, 12.0, 24.0)
+    assert sum_epochs([first, second])["cpu_s"] == 14.0
+    # by CPU time, every epoch validated: 32 images / 8 s against a bare 4 img/s -> 1.0
+    assert cycle_efficiency([first, second], 1, 4.0, "cpu_s") == pytest.approx(1.0)
+    assert cycle_efficiency([first, second], 2, 4.0, "cpu_s") == pytest.approx(64 / 14 / 4.0)
+
+
+def test_bare_step_reports_wall_and_cpu_rates():
+    from benchmarks.run import bare_step
+
+    torch.manual_seed(0)
+    wall, cpu = bare_step(nn.Conv2d(1, 1, 3, padding=1), 1, 1, 16, 2, iters=2)
+    assert wall > 0 and cpu > 0 and math.isfinite(wall) and math.isfinite(cpu)

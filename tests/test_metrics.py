@@ -271,3 +271,44 @@ def test_summarize_without_empty_cases_or_valid_values_gives_nan_not_zero():
     s = summarize([_row("c1", "a", math.nan, gt_empty=False, pred_empty=True)], ["a"], metrics=("dice",))
     assert math.isnan(s["dice"]) and math.isnan(s["dice_a"]) and s["dice_n"] == 0
     assert math.isnan(s["fpr_empty_a"]) and math.isnan(s["fpr_empty"]) and s["n_cases"] == 1
+
+
+def _organ(rng, shape, centre, radii, wobble=0.08):
+    from scipy import ndimage
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii))
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 4.0)
+    return r2 < 1.0 + wobble * noise / noise.std()
+
+
+@pytest.mark.parametrize("percentile", [None, 95, 99, 50, 100 / 3, 0])
+def test_hausdorff_on_large_sparse_contours_is_numpys_percentile_exactly(percentile):
+    """Large sparse contours (the k-d tree path), with and without far false positives and a missed second
+    structure: the value is exactly max / np.percentile over all of surface_distances, bit for bit, both
+    ways round (a faster HD path must keep this)."""
+    from seg import metrics
+
+    rng = np.random.default_rng(7)
+    checked = 0
+    for trial in range(12):
+        shape = (256, 256)
+        radii = rng.uniform(30, 115, 2)
+        gt = _organ(rng, shape, (128, 128), radii)
+        pred = _organ(rng, shape, (128 + rng.uniform(-6, 6), 128 + rng.uniform(-6, 6)),
+                      radii * rng.uniform(0.9, 1.1))
+        if trial % 3 == 0:                                   # a false-positive blob far from the organ
+            pred |= _organ(rng, shape, (20 + rng.uniform(0, 10), 30), (3.0, 3.0), 0.0)
+        if trial % 4 == 1:                                   # a second, missed structure in the ground truth
+            gt |= _organ(rng, shape, (235, 230), (8.0, 12.0), 0.0)
+        spacing = (0.7, 1.3) if trial % 2 else (1.0, 1.0)
+        d = surface_distances(pred, gt, spacing)
+        if percentile is None:
+            expected = max(d[0].max(), d[1].max())
+        else:
+            expected = max(np.percentile(d[0], percentile), np.percentile(d[1], percentile))
+        assert hausdorff(pred, gt, spacing, percentile) == expected
+        assert hausdorff(gt, pred, spacing, percentile) == expected
+        box = metrics._bbox(pred | gt)
+        checked += max(d[0].size, d[1].size) * min(d[0].size, d[1].size) > metrics._BRUTE_PAIRS
+        assert box is not None
+    assert checked >= 10                                     # the cases do take the k-d tree path

@@ -29,6 +29,7 @@ CONF = PROJECT_ROOT / "conf"
     ("trainer.grad_clip=-1", "trainer.grad_clip=-1: expected a number >= 0 (or null)"),
     ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0: expected an integer >= 1 (or null)"),
     ("trainer.accumulate=0", "trainer.accumulate=0: expected an integer >= 1"),
+    ("trainer.val_every=0", "trainer.val_every=0: expected an integer >= 1"),
     ("trainer.monitor=val/loss", "trainer.monitor='val/loss': expected one of val/dice, val/iou"),
     ("amp=fp8", "amp='fp8': expected one of auto, fp16, bf16, off"),
     ("device=gpu", "device='gpu': expected a string matching"),

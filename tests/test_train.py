@@ -199,7 +199,9 @@ def test_evaluate_batches_2d_cases_and_scores_each_like_predict():
                     (rng.random((d, size, size)) > 0.5).astype(np.uint8), (1.0,) * (3 if is_3d else 2), is_3d)
     cases = [case(0, 40), case(1, 40), case(2, 40), case(3, 48), case(4, 30, True, 3), case(5, 48), case(6, 48)]
     groups = [[c.case_id for c in g] for g in _batches(cases, batch_size=2)]
-    assert groups == [["c0", "c1"], ["c2"], ["c3"], ["c4"], ["c5", "c6"]]
+    assert groups == [["c0", "c1"], ["c2", "c3"], ["c4"], ["c5", "c6"]]   # any sizes; a 3-slice volume alone
+    assert [[c.case_id for c in g] for g in _batches(cases, batch_size=4)] == [["c0", "c1", "c2", "c3"],
+                                                                                ["c4", "c5"], ["c6"]]
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),

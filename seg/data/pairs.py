@@ -5,6 +5,7 @@ Used by every PNG dataset (`seg.data.datasets.covid`, `radiography`, `ct_heart`,
     PairItem          one image file + its mask file (+ category, strictness, resize flag)
     list_pairs        an images/ folder and a masks/ folder -> PairItems by file name
     read_pair         PairItem -> image (H, W) uint8, mask (H, W) uint8 class indices
+    cached_pair       read_pair through the decoded-sample cache (seg.data.cache): decoded once per process
     PairTrain         train split: i -> (image float32 tensor (1, S, S), mask int64 tensor (S, S))
     PairCases         val/test split: i -> Case (image (1, 1, S, S), label (1, H0, W0) at original size)
 
@@ -22,6 +23,7 @@ import cv2
 import numpy as np
 
 from seg.data.base import Case
+from seg.data.cache import decoded_samples
 from seg.data.io.png import binary_mask, png_size, read_png
 from seg.data.layout import natural_key, raise_unpaired
 from seg.data.transforms import PairedDataset, apply_image
@@ -93,6 +95,12 @@ def read_pair(item: PairItem) -> tuple[np.ndarray, np.ndarray]:
     return image, label_mask(mask, item.mask, item.num_labels, item.strict)
 
 
+def cached_pair(item: PairItem) -> tuple[np.ndarray, np.ndarray]:
+    """read_pair(item) through the process-wide decoded-sample cache (seg.data.cache): each pair is
+    decoded once per process while its files are unchanged; the arrays are read-only."""
+    return decoded_samples().get(item, (item.image, item.mask), lambda: read_pair(item))
+
+
 class PairTrain(PairedDataset):
     """Train split: i -> (image float32 tensor (1, S, S), mask int64 tensor (S, S) class indices)."""
 
@@ -104,7 +112,7 @@ class PairTrain(PairedDataset):
         return len(self.items)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_pair(self.items[index])
+        return cached_pair(self.items[index])
 
 
 class PairCases(Sequence):
@@ -126,7 +134,7 @@ class PairCases(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         item = self.items[index]
-        image, mask = read_pair(item)
+        image, mask = cached_pair(item)
         x = apply_image(self.transform, image)[None, None]                  # (1, 1, S, S)
         return Case(case_id=item.case_id, image=x, label=mask[None], spacing=self.spacing, is_3d=False,
                     meta={"category": item.category, "image_file": str(item.image), "label_file": str(item.mask)})

@@ -33,6 +33,27 @@ def _probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.sigmoid(logits) if num_classes == 1 else torch.softmax(logits, dim=1)
 
 
+def _forward(net: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+             num_classes: int, tta: bool) -> torch.Tensor:
+    """x (d, C, S, S) -> logits (tta False) or flip-averaged probabilities (tta True), float32 (d, K, S, S)."""
+    x = x.to(device)
+    with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
+        logits = net(x).float()                                                          # (d, K, S, S)
+        if not tta:
+            return logits
+        flipped = torch.flip(net(torch.flip(x, dims=[-1])).float(), dims=[-1])
+    return (_probs(logits, num_classes) + _probs(flipped, num_classes)) / 2
+
+
+def _labels(out: torch.Tensor, out_size: tuple[int, int], num_classes: int, tta: bool) -> np.ndarray:
+    """_forward's output (d, K, S, S) -> label maps uint8 (d, H0, W0): resized back bilinearly, then
+    thresholded (logit 0 / probability 0.5) or argmax'ed."""
+    out = F.interpolate(out, size=out_size, mode="bilinear", align_corners=False)
+    cut = 0.5 if tta else 0.0
+    pred = (out[:, 0] > cut) if num_classes == 1 else out.argmax(1)                    # (d, H0, W0)
+    return pred.to(torch.uint8).cpu().numpy()
+
+
 def predict_images(net: torch.nn.Module, images: np.ndarray, out_size: Sequence[int], device: torch.device,
                    dtype: torch.dtype | None, num_classes: int, batch_size: int = 16, tta: bool = False,
                    span: Span | None = None) -> np.ndarray:
@@ -46,28 +67,39 @@ def predict_images(net: torch.nn.Module, images: np.ndarray, out_size: Sequence[
     start = time.perf_counter()
     was_training = net.training
     net.eval()
-    out_size = tuple(int(s) for s in out_size)
+    out_size = (int(out_size[0]), int(out_size[1]))
     labels = []
     with torch.inference_mode():
         for i in range(0, images.shape[0], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)   # (d, C, S, S)
-            with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
-                logits = net(x).float()                                                      # (d, K, S, S)
-                if tta:
-                    flipped = torch.flip(net(torch.flip(x, dims=[-1])).float(), dims=[-1])
-            if tta:
-                prob = (_probs(logits, num_classes) + _probs(flipped, num_classes)) / 2
-                prob = F.interpolate(prob, size=out_size, mode="bilinear", align_corners=False)
-                pred = (prob[:, 0] > 0.5) if num_classes == 1 else prob.argmax(1)
-            else:
-                logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-                pred = (logits[:, 0] > 0) if num_classes == 1 else logits.argmax(1)         # (d, H0, W0)
-            labels.append(pred.to(torch.uint8).cpu().numpy())
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))            # (d, C, S, S)
+            labels.append(_labels(_forward(net, x, device, dtype, num_classes, tta), out_size, num_classes, tta))
     if was_training:
         net.train()
     if span is not None:
         span("forward", start, time.perf_counter(), int(images.shape[0]))
     return np.concatenate(labels)
+
+
+def predict_group(net: torch.nn.Module, images: Sequence[np.ndarray], out_sizes: Sequence[Sequence[int]],
+                  device: torch.device, dtype: torch.dtype | None, num_classes: int, tta: bool = False,
+                  span: Span | None = None) -> list[np.ndarray]:
+    """Several cases in one forward pass: images[i] float32 (D_i, C, S, S) -> label maps uint8
+    (D_i, H0_i, W0_i) at out_sizes[i]. Same arithmetic per image as predict_images (the network in
+    eval mode under inference_mode, then each case's outputs resized to its own size)."""
+    start = time.perf_counter()
+    was_training = net.training
+    net.eval()
+    counts = [int(im.shape[0]) for im in images]
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(np.concatenate(images)))                  # (sum D_i, C, S, S)
+        out = _forward(net, x, device, dtype, num_classes, tta)
+        labels = [_labels(part, (int(size[0]), int(size[1])), num_classes, tta)
+                  for part, size in zip(torch.split(out, counts), out_sizes)]
+    if was_training:
+        net.train()
+    if span is not None:
+        span("forward", start, time.perf_counter(), sum(counts))
+    return labels
 
 
 def predict_case(net: torch.nn.Module, case: Case, device: torch.device, dtype: torch.dtype | None,
@@ -77,39 +109,42 @@ def predict_case(net: torch.nn.Module, case: Case, device: torch.device, dtype: 
 
 
 def batches(cases: Sequence[Case], batch_size: int):
-    """Cases -> lists of cases predicted together: consecutive single-image 2D cases with the same
-    original size, up to batch_size of them (one forward pass); a 3D case alone (its slices are batched)."""
+    """Cases -> lists of cases predicted together in one forward pass: consecutive cases (2D images or
+    volumes, of any original size) while their images add up to at most batch_size; a case with more
+    images than that alone (its slices are then batched batch_size at a time)."""
     group: list[Case] = []
+    total = 0
     for case in cases:
-        alone = case.is_3d or case.image.shape[0] != 1
-        if group and (alone or len(group) == batch_size or case.label.shape != group[0].label.shape):
+        n = int(case.image.shape[0])
+        if group and total + n > batch_size:
             yield group
-            group = []
-        if alone:
-            yield [case]
-        else:
-            group.append(case)
+            group, total = [], 0
+        group.append(case)
+        total += n
     if group:
         yield group
 
 
 def evaluate(net: torch.nn.Module, cases: Sequence[Case], class_names: Sequence[str], device: torch.device,
              dtype: torch.dtype | None, num_classes: int, distances: bool = True, desc: str = "eval",
-             keep: int = 0, batch_size: int = 16, tta: bool = False,
+             keep: int = 0, batch_size: int = 32, tta: bool = False,
              span: Span | None = None) -> tuple[list[dict], list[tuple]]:
     """Score every case per structure -> (rows of seg.metrics.structure_rows, up to `keep`
     (case, prediction (D, H0, W0)) pairs whose ground truth has foreground).
 
-    2D cases of one size are predicted batch_size at a time; a volume's slices batch_size at a time.
+    Consecutive cases (2D images or volumes) are predicted together while their images add up to at most
+    batch_size; a larger volume alone, batch_size slices at a time.
     Metrics follow docs/metrics.md (seg.metrics).
     """
     rows, kept = [], []
     bar = tqdm(total=len(cases), desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
     for group in batches(cases, batch_size):
-        images = group[0].image if len(group) == 1 else np.concatenate([c.image for c in group])
-        labels = predict_images(net, images, group[0].label.shape[-2:], device, dtype, num_classes, batch_size,
-                                tta, span)
-        preds = np.split(labels, np.cumsum([c.image.shape[0] for c in group])[:-1])
+        if len(group) == 1:
+            preds = [predict_images(net, group[0].image, group[0].label.shape[-2:], device, dtype, num_classes,
+                                    batch_size, tta, span)]
+        else:
+            preds = predict_group(net, [c.image for c in group], [c.label.shape[-2:] for c in group], device,
+                                  dtype, num_classes, tta, span)
         start = time.perf_counter()
         for case, pred in zip(group, preds):
             pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])

@@ -4,8 +4,14 @@ One epoch (docs/design.md, "The loop"):
 
     on_epoch_start -> train_epoch (autocast, GradScaler, unscale before clipping,
     zero_grad(set_to_none=True), accumulation; after_step per optimizer step) -> weights finite?
-    -> validation (seg.engine.inference.evaluate) -> on_validation_end -> scheduler step
-    -> on_checkpoint (best / last written) -> on_epoch_end (MLflow, fault injection) -> early stop
+    -> validation (seg.engine.inference.evaluate; every `val_every` epochs and the last) ->
+    on_validation_end -> scheduler step -> on_checkpoint (best / last written) -> on_epoch_end
+    (MLflow, fault injection) -> early stop
+
+With val_every = N > 1, epochs N, 2N, ... and the last one are validated; only those can become
+the best epoch, early stopping counts validated epochs without improvement (patience in validated
+epochs), and ReduceLROnPlateau steps on validated epochs only; the other epochs still write last.pt
+and log train/* (no val/*).
 
 Hooks (subclass `Hook`, override what you need) are how logging, checkpoints, SIGTERM fault
 injection and the benchmarks' timing attach to the loop; none of them changes what it computes.
@@ -171,6 +177,8 @@ class Fit:
     grad_clip: float | None = None
     limit_batches: int | None = None
     early_stopping: int = 0
+    val_every: int = 1                  # validate epochs val_every, 2 * val_every, ... and the last
+    val_batch_size: int = 32            # images (2D cases or slices of volumes) per validation forward pass
     state: LoopState = field(default_factory=LoopState)
     hooks: Sequence[Hook] = ()
     epoch: int = -1                     # the epoch running now (0-based)
@@ -185,7 +193,7 @@ class Fit:
 
 
 def check_settings(epochs: int, accumulate: int, grad_clip, monitor: str, early_stopping: int,
-                   limit_batches) -> None:
+                   limit_batches, val_every: int = 1) -> None:
     """ValueError naming the trainer key and its allowed range."""
     if monitor not in MONITORS:
         raise ValueError(f"trainer.monitor={monitor!r}; allowed values: {', '.join(MONITORS)} (higher is better)")
@@ -199,6 +207,8 @@ def check_settings(epochs: int, accumulate: int, grad_clip, monitor: str, early_
         raise ValueError(f"trainer.early_stopping={early_stopping}; expected an integer >= 0 (0: off)")
     if limit_batches is not None and int(limit_batches) < 1:
         raise ValueError(f"trainer.limit_train_batches={limit_batches}; expected an integer >= 1 or null (all)")
+    if int(val_every) < 1:
+        raise ValueError(f"trainer.val_every={val_every}; expected an integer >= 1 (1: validate every epoch)")
 
 
 def fit(ctx: Fit) -> LoopState:
@@ -206,7 +216,8 @@ def fit(ctx: Fit) -> LoopState:
 
     Returns the final LoopState. Raises NonFiniteError (FAILED run), KeyboardInterrupt (KILLED).
     """
-    check_settings(ctx.epochs, ctx.accumulate, ctx.grad_clip, ctx.monitor, ctx.early_stopping, ctx.limit_batches)
+    check_settings(ctx.epochs, ctx.accumulate, ctx.grad_clip, ctx.monitor, ctx.early_stopping, ctx.limit_batches,
+                   ctx.val_every)
     st = ctx.state
     key = ctx.monitor.split("/", 1)[1]
     ctx.emit("on_fit_start")
@@ -230,27 +241,33 @@ def fit(ctx: Fit) -> LoopState:
             raise NonFiniteWeightsError(f"non-finite weights after the training of epoch {epoch + 1} "
                                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): stopping this "
                                         "run (lower the learning rate, enable trainer.grad_clip, or check the data)")
-        rows, _ = evaluate(ctx.model, ctx.val_cases, ctx.class_names, ctx.device, ctx.dtype, ctx.num_classes,
-                           distances=False, desc="val", span=ctx.span)
-        val = summarize(rows, ctx.class_names, metrics=("dice", "iou"))
-        ctx.span("eval", trained, time.perf_counter(), "val")
-        ctx.emit("on_validation_end", val)
-        monitored = val[key]
+        validated = (epoch + 1) % ctx.val_every == 0 or epoch + 1 == ctx.epochs
+        val: dict = {}
+        if validated:
+            rows, _ = evaluate(ctx.model, ctx.val_cases, ctx.class_names, ctx.device, ctx.dtype, ctx.num_classes,
+                               distances=False, desc="val", batch_size=ctx.val_batch_size, span=ctx.span)
+            val = summarize(rows, ctx.class_names, metrics=("dice", "iou"))
+            ctx.span("eval", trained, time.perf_counter(), "val")
+            ctx.emit("on_validation_end", val)
         epoch_train = trained - start
         st.train_time += epoch_train
         st.images += seen
         metrics = {"train/loss": train_loss, "lr": ctx.optimizer.param_groups[0]["lr"],
                    "time/epoch_s": time.perf_counter() - start, "train/img_per_s": seen / max(epoch_train, 1e-9),
                    **{f"val/{k}": v for k, v in val.items() if not k.endswith(("_std", "_n")) and k != "n_cases"}}
-        score = -math.inf if math.isnan(monitored) else monitored
-        improved = score > st.best or st.best_epoch < 0
-        if improved:
-            st.best, st.best_epoch, st.stale = score, epoch, 0
-        else:
-            st.stale += 1
+        improved, monitored, score = False, math.nan, math.nan
+        if validated:                   # only validated epochs compete for best and count towards early stopping
+            monitored = val[key]
+            score = -math.inf if math.isnan(monitored) else monitored
+            improved = score > st.best or st.best_epoch < 0
+            if improved:
+                st.best, st.best_epoch, st.stale = score, epoch, 0
+            else:
+                st.stale += 1
         if ctx.scheduler is not None:
             if isinstance(ctx.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                ctx.scheduler.step(score if math.isfinite(score) else 0.0)
+                if validated:
+                    ctx.scheduler.step(score if math.isfinite(score) else 0.0)
             else:
                 ctx.scheduler.step()
         st.epoch = epoch

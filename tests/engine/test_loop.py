@@ -203,3 +203,69 @@ def test_early_stopping_counts_epochs_without_improvement(monkeypatch):
     train, cases = _data(n_train=1)
     state = fit(_fit(Recorder(), train, cases, epochs=5, early_stopping=2))
     assert state.epoch == 2 and state.best == 0.5 and state.best_epoch == 0 and state.stale == 2
+
+
+class Validations(Hook):
+    """Records the epochs (0-based) whose validation ran and which checkpoints were flagged improved."""
+
+    def __init__(self):
+        self.validated, self.improved = [], []
+
+    def on_validation_end(self, ctx, val):
+        self.validated.append(ctx.epoch)
+
+    def on_checkpoint(self, ctx, improved):
+        self.improved.append(improved)
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, monkeypatch):
+    """val_every=2 over 5 epochs: validation after epochs 2, 4 and 5 (the last), scripted Dice 0.3, 0.7, 0.5.
+    Only those compete for best: best = epoch 4 (0-based 3); best.pt holds its weights; stale counts
+    validated epochs only (epoch 5 is one validated epoch without improvement: stale 1)."""
+    from seg.engine import checkpoint
+    from seg.engine.hooks import Checkpointer
+
+    _scripted_validation(monkeypatch, [0.3, 0.7, 0.5])
+    torch.manual_seed(0)
+    train, cases = _data(n_train=1)
+    seen, snaps = Validations(), Snapshots()
+    saver = Checkpointer(tmp_path / "ckpt", {"amp": "off"}, None)
+    state = fit(_fit(Recorder(), train, cases, hooks=[seen, snaps, saver], epochs=5, val_every=2))
+    assert seen.validated == [1, 3, 4]
+    assert seen.improved == [False, True, False, True, False]
+    assert state.best == 0.7 and state.best_epoch == 3 and state.stale == 1 and state.epoch == 4
+    assert ["val/dice" in h for h in state.history] == [False, True, False, True, True]
+    best = checkpoint.load(saver.best)
+    assert best["epoch"] == 3 and all(torch.equal(best["state_dict"][k], v) for k, v in snaps.weights[3].items())
+    assert checkpoint.load(saver.last)["epoch"] == 4
+
+
+def test_early_stopping_counts_only_validated_epochs(monkeypatch):
+    """val_every=2, early_stopping=2, Dice 0.5, 0.4, 0.3 at epochs 2, 4, 6: two validated epochs without
+    improvement (4 and 6) stop the run after epoch 6, not after epoch 3 as a count of all epochs would."""
+    _scripted_validation(monkeypatch, [0.5, 0.4, 0.3, 0.9])
+    torch.manual_seed(0)
+    train, cases = _data(n_train=1)
+    state = fit(_fit(Recorder(), train, cases, epochs=10, early_stopping=2, val_every=2))
+    assert state.epoch == 5 and state.best == 0.5 and state.best_epoch == 1 and state.stale == 2
+
+
+def test_val_every_steps_a_plateau_scheduler_only_on_validated_epochs(monkeypatch):
+    _scripted_validation(monkeypatch, [0.5, 0.5])
+    torch.manual_seed(0)
+    model = Recorder()
+    train, cases = _data(n_train=1)
+    ctx = _fit(model, train, cases, epochs=4, val_every=2)
+    steps = []
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(ctx.optimizer, mode="max", patience=0)
+    original = sched.step
+    sched.step = lambda metric: (steps.append(metric), original(metric))
+    ctx.scheduler = sched
+    fit(ctx)
+    assert steps == [0.5, 0.5]
+
+
+def test_val_every_below_one_is_rejected():
+    train, cases = _data(n_train=1)
+    with pytest.raises(ValueError, match=r"trainer.val_every=0; expected an integer >= 1"):
+        fit(_fit(Recorder(), train, cases, epochs=2, val_every=0))

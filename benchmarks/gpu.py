@@ -1,0 +1,365 @@
+"""`make bench-gpu`: the GPU path measured, on a CUDA machine (python -m benchmarks.gpu).
+
+    python -m benchmarks.gpu                 # every part, ~5-8 min on one H100
+    python -m benchmarks.gpu --parts step    # step | train | predict, comma-separated
+    python -m benchmarks.gpu --no-results    # outputs/bench/gpu.{json,md} only, RESULTS.md untouched
+
+Parts:
+  step     paper presets (256 px, the paper profile's batch 16) of U-Net, ResU-Net and TransUNet: forward +
+           loss + backward + Adam img/s in fp32, fp16 AMP (GradScaler), bf16 AMP, bf16 + channels_last and
+           bf16 + torch.compile; MFU = achieved training FLOP/s (torch.utils.flop_counter) / the card's
+           peak dense tensor throughput for that dtype (PEAKS, by device name; fp32 rows against the TF32
+           peak, since cuDNN convolutions use TF32 by default), and against the measured matmul ceiling.
+           Goals (issue 17): fp16 AMP >= 2x fp32 on U-Net paper; bf16 MFU >= 40%.
+  train    seg.train.run on the embedded phantom (covid_infection, cpu profile sizes: 96 px), 3 epochs,
+           device=cuda, amp=off (fp32) and amp=fp16, same seed: both test metrics, and whether they agree
+           within TRAIN_TOL (Dice / IoU, absolute).
+  predict  python -m seg.predict on CUDA with the fp16 run's best checkpoint on the phantom's test PNGs
+           (--device cuda): img/s end to end, outputs written.
+
+Writes outputs/bench/gpu.json and gpu.md; after a run with every part, appends gpu.md as a section to
+benchmarks/RESULTS.md (card, versions, commit). Without CUDA it prints why and exits with status 0,
+measuring and writing nothing (benchmarks.run's section 8 says the same in bench.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from seg import PROJECT_ROOT as ROOT
+
+OUT = ROOT / "outputs" / "bench"
+PARTS = ("step", "train", "predict")
+TRAIN_TOL = 0.05          # |Dice / IoU fp16 - fp32| after 3 epochs on the phantom
+GOALS = {"amp_speedup_unet": 2.0, "bf16_mfu": 0.40}
+
+# Peak dense throughput in TFLOP/s (no sparsity), from the vendors' data sheets: bf16 / fp16 tensor,
+# tf32 tensor, fp32 (CUDA cores). Matched against torch.cuda.get_device_name() in this order (the first
+# pattern found in the name wins).
+PEAKS: tuple[tuple[str, str, dict], ...] = (
+    ("H200", "NVIDIA H200 (SXM)", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H100 NVL", "NVIDIA H100 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    ("H100 PCIe", "NVIDIA H100 PCIe", {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2}),
+    ("H100", "NVIDIA H100 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("GH200", "NVIDIA GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("A100", "NVIDIA A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", "NVIDIA L40S", {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6}),
+    ("L4", "NVIDIA L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("A10", "NVIDIA A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("RTX 4090", "NVIDIA GeForce RTX 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6}),
+    ("V100", "NVIDIA V100", {"fp16": 125.0, "fp32": 15.7}),
+    ("T4", "NVIDIA T4", {"fp16": 65.0, "fp32": 8.1}),
+)
+
+
+def peak_for(name: str) -> tuple[str, dict] | None:
+    """(card, peaks in TFLOP/s) for a CUDA device name, or None for a card not in PEAKS."""
+    for pattern, card, peaks in PEAKS:
+        if pattern.lower() in name.lower():
+            return card, peaks
+    return None
+
+
+def no_cuda_message() -> str | None:
+    """Why the GPU benchmark cannot run here, or None when CUDA is usable."""
+    if not torch.cuda.is_available():
+        build = torch.version.cuda
+        return ("No CUDA device: torch.cuda.is_available() is False "
+                + (f"(torch {torch.__version__} is a CPU build)" if build is None
+                   else f"(torch {torch.__version__}, CUDA {build}: no driver or no visible device)")
+                + ". The GPU benchmark (benchmarks/gpu.py) runs on a CUDA machine; nothing was measured.")
+    return None
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# step: fp32 / fp16 / bf16, channels_last, torch.compile
+# ---------------------------------------------------------------------------------------------
+
+
+def part_step(quick: bool) -> dict:
+    from benchmarks.run import MODELS, gpu_step, loss_for, matmul_gflops, preset, random_batch, train_flops
+    from seg.config import build
+
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(0)
+    found = peak_for(name)
+    card, peaks = found if found else (name, {})
+    out = {"device": name, "card": card, "peaks_tflops": peaks, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+           "matmul_bf16_tflops": matmul_gflops(8192, torch.bfloat16, device, repeats=5, window=0.25) / 1e3,
+           "matmul_fp32_tflops": matmul_gflops(8192, torch.float32, device, repeats=5, window=0.25) / 1e3,
+           "rows": []}
+    variants = [("fp32", None, False, False), ("fp16 AMP", torch.float16, False, False),
+                ("bf16 AMP", torch.bfloat16, False, False), ("bf16 AMP + channels_last", torch.bfloat16, True, False),
+                ("bf16 AMP + torch.compile", torch.bfloat16, False, True)]
+    for model_name in MODELS:
+        cfg = preset(model_name, "paper", extra=["device=cuda"])
+        size, batch = int(cfg.dataset.image_size), int(cfg.trainer.batch_size)
+        in_ch, n_cls = int(cfg.dataset.in_channels), int(cfg.dataset.num_classes)
+        x, y = random_batch(1, in_ch, n_cls, size, device=device)
+        flops = train_flops(build(cfg.model).to(device), x, y, loss_for(n_cls))
+        x, y = random_batch(batch, in_ch, n_cls, size, device=device)
+        fp32 = None
+        for label, dtype, channels_last, compiled in variants:
+            row = {"model": f"{model_name} paper", "variant": label, "size": size, "batch": batch,
+                   "train_gflops_per_img": flops / 1e9}
+            try:
+                torch.manual_seed(0)
+                model = build(cfg.model).to(device)
+                xv = x
+                if channels_last:
+                    model, xv = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+                if compiled:
+                    model = torch.compile(model)
+                start = time.perf_counter()
+                ips = gpu_step(model, xv, y, loss_for(n_cls), dtype, iters=5 if quick else 15,
+                               warmup=3 if compiled else 3)
+                achieved = ips * flops / 1e12                      # TFLOP/s
+                key = "fp32" if dtype is None else ("bf16" if dtype == torch.bfloat16 else "fp16")
+                peak = peaks.get("tf32" if key == "fp32" else key)
+                ceiling = out["matmul_fp32_tflops"] if dtype is None else out["matmul_bf16_tflops"]
+                fp32 = ips if dtype is None else fp32
+                row.update(img_per_s=ips, achieved_tflops=achieved, mfu=achieved / peak if peak else None,
+                           peak_tflops=peak, of_matmul=achieved / ceiling, speedup_vs_fp32=ips / fp32 if fp32 else None,
+                           seconds=time.perf_counter() - start)
+            except Exception as err:          # one variant failing (e.g. no compiler) does not end the part
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            out["rows"].append(row)
+            log(f"  {row['model']:16s} {label:26s} " + (
+                f"{row['img_per_s']:8.1f} img/s  x{row['speedup_vs_fp32'] or float('nan'):.2f} vs fp32  MFU "
+                f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else
+                f"{row['img_per_s']:8.1f} img/s" if "img_per_s" in row else row["error"]))
+            del model
+            torch.cuda.empty_cache()
+    unet = {r["variant"]: r for r in out["rows"] if r["model"] == "unet paper" and "img_per_s" in r}
+    out["amp_speedup_unet"] = (unet["fp16 AMP"]["img_per_s"] / unet["fp32"]["img_per_s"]
+                               if "fp16 AMP" in unet and "fp32" in unet else None)
+    bf16 = [r["mfu"] for r in out["rows"] if r["variant"].startswith("bf16") and r.get("mfu") is not None]
+    out["best_bf16_mfu"] = max(bf16) if bf16 else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# train: fp32 vs fp16 AMP on the phantom, same seed
+# ---------------------------------------------------------------------------------------------
+
+
+def part_train(workdir: Path, epochs: int = 3) -> dict:
+    from seg.config import compose
+    from seg.train import run
+
+    out = {"dataset": "covid_infection (phantom)", "model": "unet", "profile": "cpu (96 px, batch 16)",
+           "epochs": epochs, "tolerance": TRAIN_TOL, "runs": {}}
+    for amp in ("off", "fp16"):
+        overrides = ["model=unet", "profile=cpu", "device=cuda", f"amp={amp}", f"trainer.epochs={epochs}",
+                     "trainer.early_stopping=0", "tracking.overlays=0", "tracking.log_model=false", "resume=false",
+                     f"tracking.uri=sqlite:///{workdir}/mlflow.db", f"paths.output={workdir}/out_{amp}",
+                     f"tracking.run_name=gpu-{amp}"]
+        cfg = compose(overrides)
+        start = time.perf_counter()
+        best = run(cfg)
+        seconds = time.perf_counter() - start
+        cases = sorted((workdir / f"out_{amp}").rglob("cases.csv"))
+        ckpt = sorted((workdir / f"out_{amp}").rglob("best.pt"))
+        metrics = _case_means(cases[-1]) if cases else {}
+        out["runs"][amp] = {"best_val": best, "seconds": seconds, "test": metrics,
+                            "checkpoint": str(ckpt[-1]) if ckpt else None}
+        log(f"  amp={amp}: best val/dice {best:.4f}, test " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            + f" ({seconds:.0f} s)")
+    a, b = out["runs"]["off"]["test"], out["runs"]["fp16"]["test"]
+    out["abs_diff"] = {k: abs(a[k] - b[k]) for k in ("dice", "iou") if k in a and k in b}
+    out["match"] = bool(out["abs_diff"]) and all(v <= TRAIN_TOL for v in out["abs_diff"].values())
+    return out
+
+
+def _case_means(path: Path) -> dict:
+    """Mean Dice / IoU / HD95 over a run's cases.csv rows (NaN rows left out)."""
+    import csv
+
+    cols: dict[str, list[float]] = {"dice": [], "iou": [], "hd95": []}
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            for k in cols:
+                try:
+                    v = float(row[k])
+                except (KeyError, ValueError):
+                    continue
+                if not math.isnan(v):
+                    cols[k].append(v)
+    return {k: statistics.mean(v) for k, v in cols.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: seg.predict on CUDA
+# ---------------------------------------------------------------------------------------------
+
+
+def part_predict(checkpoint: str | None, workdir: Path) -> dict:
+    from seg.config import compose
+    from seg.data import open_dataset
+
+    if checkpoint is None:
+        return {"error": "no checkpoint (the train part did not run or wrote none)"}
+    cfg = compose(["dataset=covid_infection"])
+    test = open_dataset(cfg.dataset, seed=0, cache_dir=cfg.paths.cache).test
+    images = [item.image for item in getattr(test, "items", [])][:64]       # the phantom's test X-rays (PNG)
+    if not images:
+        return {"error": "the covid_infection phantom's test split lists no PNG files"}
+    out_dir = workdir / "predict"
+    cmd = [sys.executable, "-m", "seg.predict", checkpoint, *map(str, images), "--out", str(out_dir),
+           "--device", "cuda"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - start
+    written = sorted(out_dir.rglob("*")) if out_dir.is_dir() else []
+    out = {"images": len(images), "returncode": done.returncode, "seconds": seconds,
+           "img_per_s": len(images) / seconds, "files_written": len([p for p in written if p.is_file()]),
+           "stderr_tail": done.stderr[-800:]}
+    log(f"  seg.predict --device cuda: {len(images)} images in {seconds:.1f} s (exit {done.returncode}, "
+        f"{out['files_written']} files written; includes start-up)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+
+
+def _f(value, fmt: str = ".2f") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def write_md(res: dict) -> str:
+    m = res.get("machine", {})
+    lines = ["## GPU (benchmarks/gpu.py)", "",
+             f"{m.get('device', '?')}, torch {m.get('torch', '?')}, CUDA {m.get('cuda', '?')}, cuDNN "
+             f"{m.get('cudnn', '?')}, Python {m.get('python', '?')}; commit {(m.get('commit') or '?')[:12]}; "
+             f"{m.get('date_utc', '?')}."]
+    step = res.get("step")
+    if step and "rows" in step:
+        lines += ["", f"Training step, paper presets (peaks: {step['card']}, "
+                      + ", ".join(f"{k} {v:g}" for k, v in step["peaks_tflops"].items())
+                      + f" TFLOP/s dense; measured matmul ceiling bf16 {step['matmul_bf16_tflops']:.0f}, fp32 "
+                        f"{step['matmul_fp32_tflops']:.0f} TFLOP/s):", "",
+                  "| model | variant | image | batch | img/s | vs fp32 | TFLOP/s | MFU (peak) | of matmul ceiling |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in step["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['model']} | {r['variant']} | {r['size']} | {r['batch']} | failed: {r['error']} "
+                             "| | | | |")
+            else:
+                lines.append(f"| {r['model']} | {r['variant']} | {r['size']} | {r['batch']} | {_f(r['img_per_s'], '.1f')} "
+                             f"| {_f(r['speedup_vs_fp32'])} | {_f(r['achieved_tflops'], '.1f')} | "
+                             f"{_f(None if r['mfu'] is None else 100 * r['mfu'], '.1f')}% | "
+                             f"{_f(100 * r['of_matmul'], '.0f')}% |")
+        sp, mfu = step.get("amp_speedup_unet"), step.get("best_bf16_mfu")
+        lines += ["", f"fp16 AMP / fp32 on U-Net paper: **{_f(sp)}x** (goal >= {GOALS['amp_speedup_unet']:g}: "
+                      f"{'met' if sp and sp >= GOALS['amp_speedup_unet'] else 'missed'}); best bf16 MFU: "
+                      f"**{_f(None if mfu is None else 100 * mfu, '.1f')}%** (goal >= {100 * GOALS['bf16_mfu']:.0f}%: "
+                      f"{'met' if mfu and mfu >= GOALS['bf16_mfu'] else 'missed'}). fp32 rows: MFU against the TF32 "
+                      "peak (cuDNN convolutions use TF32 by default)."]
+    train = res.get("train")
+    if train and "runs" in train:
+        lines += ["", f"seg.train.run, {train['dataset']}, {train['model']}, {train['profile']}, {train['epochs']} "
+                      "epochs, same seed, device=cuda:", "",
+                  "| amp | best val/dice | test Dice | test IoU | test HD95 | seconds |", "|---|---|---|---|---|---|"]
+        for amp, r in train["runs"].items():
+            t = r["test"]
+            lines.append(f"| {amp} | {_f(r['best_val'], '.4f')} | {_f(t.get('dice'), '.4f')} | {_f(t.get('iou'), '.4f')} "
+                         f"| {_f(t.get('hd95'), '.2f')} | {_f(r['seconds'], '.0f')} |")
+        lines += ["", "fp16 vs fp32 test metrics: " + ", ".join(f"|{k}| difference {v:.4f}"
+                                                               for k, v in train["abs_diff"].items())
+                  + f" (tolerance {train['tolerance']}: {'match' if train['match'] else '**no match**'})."]
+    pred = res.get("predict")
+    if pred:
+        lines += ["", ("seg.predict --device cuda: " + (f"{pred['images']} phantom PNGs in {pred['seconds']:.1f} s "
+                       f"end to end incl. start-up ({pred['img_per_s']:.1f} img/s), exit status {pred['returncode']}, "
+                       f"{pred['files_written']} files written." if "error" not in pred else f"failed: {pred['error']}"))]
+    for part, err in res.get("errors", {}).items():
+        lines += ["", f"Part {part} failed: `{err}`"]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    import datetime
+    import platform
+
+    from benchmarks.run import git_info
+
+    return {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **git_info()}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--out", type=Path, default=OUT, help="where gpu.json and gpu.md go")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md",
+                        help="after a run with every part, gpu.md is appended here as a section")
+    parser.add_argument("--no-results", dest="results", action="store_const", const=None)
+    args = parser.parse_args(list(argv))
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    why = no_cuda_message()
+    if why is not None:
+        log(why)
+        return 0
+    import warnings
+
+    warnings.simplefilter("ignore")
+    res: dict = {"machine": machine(), "errors": {}}
+    log("GPU benchmark on " + res["machine"]["device"])
+    with tempfile.TemporaryDirectory(prefix="segsweep-gpu-") as tmp:
+        for part in PARTS:
+            if part not in args.parts:
+                continue
+            log(f"== {part}")
+            try:
+                if part == "step":
+                    res["step"] = part_step(args.quick)
+                elif part == "train":
+                    res["train"] = part_train(Path(tmp))
+                else:
+                    ckpt = (res.get("train") or {}).get("runs", {}).get("fp16", {}).get("checkpoint")
+                    res["predict"] = part_predict(ckpt, Path(tmp))
+            except Exception as err:
+                import traceback
+
+                traceback.print_exc()
+                res["errors"][part] = f"{type(err).__name__}: {err}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    md = write_md(res)
+    (args.out / "gpu.md").write_text(md)
+    log("\n" + md)
+    if args.results and set(PARTS) <= set(args.parts) and args.results.is_file():
+        with args.results.open("a") as fh:
+            fh.write("\n" + md)
+        log(f"appended the GPU section to {args.results}")
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
