@@ -22,7 +22,8 @@ def test_the_dataset_configs_are_one_per_task():
     assert CONFIGS == ["acdc", "acdc_lv", "acdc_rv", "covid_infection", "covid_lung", "covid_radiography",
                        "ct_heart", "png_pairs"]
     assert sorted(p.stem for p in (PROJECT_ROOT / "experiments").glob("*.yaml")) == [
-        "acdc_multiclass", "acdc_single_ventricle", "covid_arch_x_loss", "covid_lung_arch_x_loss", "ct_heart"]
+        "acdc_cv", "acdc_multiclass", "acdc_single_ventricle", "covid_arch_x_loss", "covid_lung_arch_x_loss", "ct_heart",
+        "phantom_acdc_cv"]
 
 
 @pytest.mark.parametrize("name", datasets.module_names())
