@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from seg.predict.model import Model, ModelError, load_checkpoint, model_from_checkpoint
+from seg.predict.model import Model, ModelError, load_checkpoint, model_from_checkpoint, model_of_run
 
 log = logging.getLogger("seg.predict")
 
@@ -89,18 +89,6 @@ def ensemble_model(models: Sequence[Model]) -> Model:
     source = f"ensemble of {len(models)} models ({', '.join(m.source for m in models)})"
     return Model(net, first.config, first.num_classes, first.image_size, first.class_names, first.reader, source,
                  first.transform, first.amp, first.dtype)
-
-
-def model_of_run(uri: str, run_id: str, device: torch.device) -> Model:
-    """The best checkpoint of an MLflow run -> Model (weights-only load, model allowlist)."""
-    from seg.tracking import download_artifact
-
-    with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as tmp:
-        try:
-            local = download_artifact(uri, run_id, "checkpoints/best.pt", tmp)
-        except (LookupError, FileNotFoundError) as err:
-            raise ModelError(str(err)) from None
-        return model_from_checkpoint(load_checkpoint(local), f"run {run_id}", device)
 
 
 def _test_split(uri: str, run_id: str) -> list[str] | None:

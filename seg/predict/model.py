@@ -192,7 +192,7 @@ def _model_from_mlflow(spec: str, device: torch.device, uri: str) -> Model:
             raise ModelError(f"MODEL {spec!r}: expected best:<experiment>:<metric>, e.g. best:phantom_xray:dice")
         run_ids = best_runs(uri, experiment, metric)
         if len(run_ids) > 1:     # a cross-validation configuration: its fold models, as one ensemble
-            from seg.predict.ensemble import ensemble_model, model_of_run
+            from seg.predict.ensemble import ensemble_model
 
             return ensemble_model([model_of_run(uri, rid, device) for rid in run_ids])
         run_id = run_ids[0]
@@ -201,6 +201,11 @@ def _model_from_mlflow(spec: str, device: torch.device, uri: str) -> Model:
     else:
         raise ModelError(f"MODEL {spec!r}: no such checkpoint file, and not an MLflow run id (32 hex digits) "
                          "or best:<experiment>:<metric>")
+    return model_of_run(uri, run_id, device)
+
+
+def model_of_run(uri: str, run_id: str, device: torch.device) -> Model:
+    """The best checkpoint of an MLflow run -> Model (weights-only load, model allowlist)."""
     from seg.tracking import download_artifact
 
     with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as tmp:
