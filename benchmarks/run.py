@@ -1,6 +1,6 @@
 """`make bench`: measured speed against the machine's own matmul ceiling and against the peers.
 
-    python -m benchmarks.run                      # from the repository root: every section, ~6-10 min on 2 cores
+    python -m benchmarks.run                      # from the repository root: every section, ~15 min on 2 shared cores
     python -m benchmarks.run --quick              # fewer repeats, no paper presets
     python -m benchmarks.run --sections roofline,step,data
     python -m benchmarks.run --threads 1          # on a machine loaded beyond its cores (thread barriers stall)
