@@ -645,6 +645,22 @@ def nearest_width(make: Callable[[int], nn.Module], target: int, widths: Sequenc
     return best, counts[best]
 
 
+def _peer_ratios(rows: dict, ours: str, ceiling: float | None) -> None:
+    """Per peer row (in place): median img/s over its rounds, achieved GFLOP/s, MFU against `ceiling`, and
+    our U-Net (row `ours`) over it, per image and per GFLOP; one log line each."""
+    for row in rows.values():
+        row["img_per_s"] = statistics.median(row["rounds"])
+        row["achieved_gflops"] = row["img_per_s"] * row["train_gflops_per_img"]
+        row["mfu"] = row["achieved_gflops"] / ceiling if ceiling else None
+    ref = rows[ours]
+    for row in rows.values():
+        row["ours_over_theirs"] = ref["img_per_s"] / row["img_per_s"]
+        row["ours_over_theirs_per_gflop"] = ref["achieved_gflops"] / row["achieved_gflops"]
+        log(f"  {row['model']:32s} {row['params']:>11,} params {row['train_gflops_per_img']:.2f} GFLOP/img "
+            f"{row['img_per_s']:7.3f} img/s  ours/theirs {row['ours_over_theirs']:.2f} "
+            f"(per GFLOP {row['ours_over_theirs_per_gflop']:.2f})")
+
+
 def section_peers(quick: bool, ceiling: float | None) -> dict:
     warnings.simplefilter("ignore")
     import monai
@@ -691,17 +707,7 @@ def section_peers(quick: bool, ceiling: float | None) -> dict:
         for name, (model, _) in models.items():
             rows[name]["rounds"].append(bench_train(model, in_ch, n_cls, size, batch, iters=iters,
                                                     warmup=2 if r == 0 else 1))
-    ref = rows["ours: U-Net cpu preset"]
-    for row in rows.values():
-        row["img_per_s"] = statistics.median(row["rounds"])
-        row["achieved_gflops"] = row["img_per_s"] * row["train_gflops_per_img"]
-        row["mfu"] = row["achieved_gflops"] / ceiling if ceiling else None
-    for row in rows.values():
-        row["ours_over_theirs"] = ref["img_per_s"] / row["img_per_s"]
-        row["ours_over_theirs_per_gflop"] = ref["achieved_gflops"] / row["achieved_gflops"]
-        log(f"  {row['model']:24s} {row['params']:>9,} params {row['train_gflops_per_img']:.2f} GFLOP/img "
-            f"{row['img_per_s']:7.2f} img/s  ours/theirs {row['ours_over_theirs']:.2f} "
-            f"(per GFLOP {row['ours_over_theirs_per_gflop']:.2f})")
+    _peer_ratios(rows, "ours: U-Net cpu preset", ceiling)
     paper = section_peers_paper(quick, ceiling, smp) if smp is not None else None
     return {"rows": list(rows.values()), "target_params": target, "size": size, "batch": batch,
             "monai": monai.__version__, "smp_note": smp_note, "rounds": rounds, "iters": iters, "paper": paper}
@@ -768,17 +774,7 @@ def section_peers_paper(quick: bool, ceiling: float | None, smp) -> dict:
     for r in range(1 if quick else 2):
         for name, model in models.items():
             rows[name]["rounds"].append(bench_train(model, in_ch, n_cls, size, 1, iters=2, warmup=1 if r == 0 else 0))
-    ref = rows["ours: U-Net paper preset"]
-    for row in rows.values():
-        row["img_per_s"] = statistics.median(row["rounds"])
-        row["achieved_gflops"] = row["img_per_s"] * row["train_gflops_per_img"]
-        row["mfu"] = row["achieved_gflops"] / ceiling if ceiling else None
-    for row in rows.values():
-        row["ours_over_theirs"] = ref["img_per_s"] / row["img_per_s"]
-        row["ours_over_theirs_per_gflop"] = ref["achieved_gflops"] / row["achieved_gflops"]
-        log(f"  {row['model']:32s} {row['params']:>11,} params {row['train_gflops_per_img']:.1f} GFLOP/img "
-            f"{row['img_per_s']:6.3f} img/s  ours/theirs {row['ours_over_theirs']:.2f} "
-            f"(per GFLOP {row['ours_over_theirs_per_gflop']:.2f})")
+    _peer_ratios(rows, "ours: U-Net paper preset", ceiling)
     return {"rows": list(rows.values()), "size": size, "batch": 1, "encoder": encoder}
 
 
@@ -915,49 +911,15 @@ def gpu_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
 
 
 def section_gpu(quick: bool) -> dict:
+    """The paper presets on CUDA (fp32 / fp16 / bf16 AMP, channels_last, torch.compile): benchmarks/gpu.py's
+    step part, the same rows `make bench-gpu` writes (MFU against the card's peak)."""
     if not torch.cuda.is_available():
         return {"available": False, "note": "No GPU on this machine (torch.cuda.is_available() is False): "
                                             "the GPU section (paper presets fp32 vs AMP, channels_last, "
-                                            "torch.compile) was not run."}
-    device = torch.device("cuda")
-    out = {"available": True, "device": torch.cuda.get_device_name(0),
-           "ceiling_bf16_gflops": matmul_gflops(8192, torch.bfloat16, device, repeats=5, window=0.25),
-           "ceiling_fp32_gflops": matmul_gflops(8192, torch.float32, device, repeats=5, window=0.25), "rows": []}
-    variants = [("fp32", None, False, False), ("fp16 AMP", torch.float16, False, False),
-                ("bf16 AMP", torch.bfloat16, False, False), ("bf16 AMP + channels_last", torch.bfloat16, True, False),
-                ("bf16 AMP + torch.compile", torch.bfloat16, False, True)]
-    for model_name in MODELS:
-        cfg = preset(model_name, "paper", extra=["device=cuda"])
-        size, batch = int(cfg.dataset.image_size), int(cfg.trainer.batch_size)
-        in_ch, n_cls = int(cfg.dataset.in_channels), int(cfg.dataset.num_classes)
-        x, y = random_batch(1, in_ch, n_cls, size, device=device)
-        flops = train_flops(build(cfg.model).to(device), x, y, loss_for(n_cls))
-        x, y = random_batch(batch, in_ch, n_cls, size, device=device)
-        fp32 = None
-        for label, dtype, channels_last, compiled in variants:
-            row = {"model": f"{model_name} paper", "variant": label, "size": size, "batch": batch,
-                   "train_gflops_per_img": flops / 1e9}
-            try:
-                torch.manual_seed(0)
-                model = build(cfg.model).to(device)
-                xv = x
-                if channels_last:
-                    model, xv = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-                if compiled:
-                    model = torch.compile(model)
-                ips = gpu_step(model, xv, y, loss_for(n_cls), dtype, iters=5 if quick else 10,
-                               warmup=3 if compiled else 2)
-                fp32 = ips if dtype is None else fp32
-                ceiling = out["ceiling_fp32_gflops"] if dtype is None else out["ceiling_bf16_gflops"]
-                row.update(img_per_s=ips, achieved_gflops=ips * flops / 1e9, mfu=ips * flops / 1e9 / ceiling,
-                           speedup_vs_fp32=ips / fp32 if fp32 else None)
-            except Exception as err:          # one variant failing (e.g. no compiler) does not end the section
-                row["error"] = f"{type(err).__name__}: {err}"
-            out["rows"].append(row)
-            log(f"  {row['model']:16s} {label:26s} " + (f"{row['img_per_s']:8.2f} img/s" if "img_per_s" in row
-                                                          else row["error"]))
-            torch.cuda.empty_cache()
-    return out
+                                            "torch.compile) was not run; `make bench-gpu` on a CUDA machine runs it."}
+    from benchmarks.gpu import part_step
+
+    return {"available": True, **part_step(quick)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1280,9 +1242,9 @@ def write_md(res: dict) -> str:
     elif not gpu.get("available"):
         lines += [gpu["note"]]
     else:
-        lines += [f"{gpu['device']}: matmul ceiling bf16 {gpu['ceiling_bf16_gflops']:.0f} GFLOP/s, fp32 "
-                  f"{gpu['ceiling_fp32_gflops']:.0f} GFLOP/s (MFU of AMP rows against bf16, fp32 rows against fp32). "
-                  "Step throughput only: the loop-efficiency section (3) runs on the CPU.",
+        lines += [f"{gpu['device']} ({gpu['card']}): measured matmul bf16 {_num(gpu['matmul_bf16_tflops'], '.0f')} "
+                  f"TFLOP/s, fp32 {_num(gpu['matmul_fp32_tflops'], '.0f')} TFLOP/s; MFU against the card's peak "
+                  "(benchmarks/gpu.py). Step throughput only: the loop-efficiency section (3) runs on the CPU.",
                   ""]
         lines += _table(("model", "variant", "image", "batch", "img/s", "speed-up vs fp32", "MFU"),
                         [(r["model"], r["variant"], r["size"], r["batch"], _num(r.get("img_per_s")),
