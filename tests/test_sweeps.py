@@ -179,14 +179,14 @@ def test_read_jobs_lists_every_jobs_status_in_job_number_order_and_names_an_unre
     from seg.sweep import read_jobs
 
     for name, body in (("10_unet-dice-s0", {"status": "FINISHED", "run_id": "r10"}),
-                       ("2_unet-bce-s0", {"status": "FAILED", "run_id": "r2"}),
+                       ("2_unet-bce_dice-s0", {"status": "FAILED", "run_id": "r2"}),    # "_" in the name too
                        ("0_resunet-bce-s0", None), ("notes", {"status": "FINISHED"})):
         (tmp_path / name).mkdir()
         path = tmp_path / name / "job_status.json"
         path.write_text("{not json" if body is None else json.dumps(body))
     (tmp_path / "1_no_status").mkdir()                          # a job that wrote nothing is not listed
     jobs = read_jobs(tmp_path)
-    assert [j["job"] for j in jobs] == ["0_resunet-bce-s0", "2_unet-bce-s0", "10_unet-dice-s0", "notes"]
+    assert [j["job"] for j in jobs] == ["0_resunet-bce-s0", "2_unet-bce_dice-s0", "10_unet-dice-s0", "notes"]
     assert jobs[0]["status"] == "UNKNOWN" and str(tmp_path / "0_resunet-bce-s0" / "job_status.json") in jobs[0]["reason"]
     assert (jobs[1]["status"], jobs[1]["run_id"], jobs[2]["status"], jobs[2]["run_id"]) == ("FAILED", "r2", "FINISHED", "r10")
     assert read_jobs(tmp_path / "1_no_status") == []

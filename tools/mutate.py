@@ -43,7 +43,10 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
         "test_config_hash_survives_a_moved_project_or_cache_but_not_another_dataset",
         "test_config_hash_replaces_each_path_by_its_placeholder",
         "test_previous_runs_prefers_a_finished_run_then_the_newest_unfinished",
-        "test_read_jobs_lists_every_jobs_status_in_job_number_order_and_names_an_unreadable_one")],
+        "test_read_jobs_lists_every_jobs_status_in_job_number_order_and_names_an_unreadable_one")]
+              + [f"tests/test_cv_config.py::{t}" for t in (
+                  "test_a_run_without_cv_has_the_hash_params_and_name_it_had_before_the_cv_node",
+                  "test_each_fold_is_its_own_configuration_and_cv_settings_count")],
               ["seg.sweep.x_config_hash*", "seg.sweep.x_previous_runs*", "seg.sweep.x_read_jobs*"]),
     "checkpoint": (["seg/engine/checkpoint.py", "seg/engine/hooks.py"],
                    ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"],
