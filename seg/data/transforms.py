@@ -31,7 +31,8 @@ def build_transforms(image_size: int, train: bool, seed: int | None = None, norm
                      vflip: float = 0.0, rotate: float = 15.0, scale: float = 0.1, shift: float = 0.05,
                      brightness_contrast: float = 0.15, gamma: bool = True, noise: bool = True,
                      elastic: float = 0.0) -> A.Compose:
-    """(image (H, W), mask (H, W)) -> (image float32 (S, S), mask uint8 (S, S)), S = image_size.
+    """(image (H, W), mask (H, W)) -> (image float (S, S), mask uint8 (S, S)), S = image_size; the image is float32,
+    or float64 after "zscore" (albumentations' Normalize): PairedDataset and apply_image make it float32.
 
     train=True: Resize, HorizontalFlip (p=hflip), VerticalFlip (p=vflip), Affine (rotate +-rotate
     deg, scale 1 +- scale, shift +- shift of the side; p 0.7), RandomBrightnessContrast (limits

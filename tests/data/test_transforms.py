@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from seg.data.transforms import PairedDataset, apply_image, build_transforms, transforms_pair, unit_slices
+from seg.data.transforms import FixedNormalize, PairedDataset, apply_image, build_transforms, transforms_pair, unit_slices
 
 
 def _ramp() -> np.ndarray:
@@ -103,3 +103,88 @@ def test_bad_options_are_refused_naming_them(kw, message):
     with pytest.raises(ValueError) as err:
         build_transforms(**kw)
     assert message in str(err.value)
+
+
+# --- the pipeline as documented in build_transforms' docstring, step by step (mutation testing found the
+# augmentation strengths and probabilities unchecked: a changed range trains a different model) ---------
+
+def _steps(compose) -> list[dict]:
+    """The Compose's steps as albumentations serialises them (tuples as lists)."""
+    import json
+
+    return json.loads(json.dumps(compose.to_dict()["transform"]["transforms"]))
+
+
+def test_the_training_pipeline_is_the_documented_one_with_its_strengths_and_probabilities():
+    steps = _steps(build_transforms(32, train=True, seed=1, vflip=0.1, elastic=0.2))
+    names = [s["__class_fullname__"] for s in steps]
+    assert names == ["Resize", "HorizontalFlip", "VerticalFlip", "Affine", "RandomBrightnessContrast", "RandomGamma",
+                     "GaussNoise", "ElasticTransform", "Normalize"]
+    resize, hflip, vflip, affine, bc, gamma, noise, elastic, norm = steps
+    assert (resize["height"], resize["width"], resize["interpolation"], resize["mask_interpolation"]) == \
+        (32, 32, cv2.INTER_LINEAR, cv2.INTER_NEAREST_EXACT)
+    assert (hflip["p"], vflip["p"]) == (0.5, 0.1)
+    assert affine["rotate"] == [-15.0, 15.0] and affine["scale"] == {"x": [0.9, 1.1], "y": [0.9, 1.1]}
+    assert affine["translate_percent"] == {"x": [-0.05, 0.05], "y": [-0.05, 0.05]} and affine["p"] == 0.7
+    assert (affine["interpolation"], affine["mask_interpolation"], affine["border_mode"], affine["fill"],
+            affine["fill_mask"]) == (cv2.INTER_LINEAR, cv2.INTER_NEAREST, cv2.BORDER_CONSTANT, 0, 0)
+    assert (bc["brightness_limit"], bc["contrast_limit"], bc["p"]) == ([-0.15, 0.15], [-0.15, 0.15], 0.5)
+    assert (gamma["gamma_limit"], gamma["p"]) == ([80.0, 125.0], 0.3)
+    assert (noise["std_range"], noise["p"]) == ([0.01, 0.04], 0.3)
+    assert (elastic["alpha"], elastic["sigma"], elastic["p"]) == (16.0, 1.6, 0.2)       # 0.5 and 0.05 of 32 px
+    assert (elastic["interpolation"], elastic["mask_interpolation"], elastic["border_mode"], elastic["fill"],
+            elastic["fill_mask"]) == (cv2.INTER_LINEAR, cv2.INTER_NEAREST, cv2.BORDER_CONSTANT, 0, 0)
+    assert norm["normalization"] == "image" and norm["p"] == 1.0
+
+
+@pytest.mark.parametrize("kwargs,left_out", [
+    ({"hflip": 0.0}, "HorizontalFlip"), ({"vflip": 0.0}, "VerticalFlip"),
+    ({"rotate": 0.0, "scale": 0.0, "shift": 0.0}, "Affine"), ({"brightness_contrast": 0.0}, "RandomBrightnessContrast"),
+    ({"gamma": False}, "RandomGamma"), ({"noise": False}, "GaussNoise"), ({"elastic": 0.0}, "ElasticTransform")])
+def test_a_step_of_strength_zero_is_left_out_and_only_that_one(kwargs, left_out):
+    on = {"vflip": 0.5, "elastic": 0.5}
+    full = [s["__class_fullname__"] for s in _steps(build_transforms(32, train=True, **on))]
+    names = [s["__class_fullname__"] for s in _steps(build_transforms(32, train=True, **{**on, **kwargs}))]
+    assert names == [n for n in full if n != left_out]
+
+
+@pytest.mark.parametrize("kwargs", [{"rotate": 10.0, "scale": 0.0, "shift": 0.0},
+                                    {"rotate": 0.0, "scale": 0.2, "shift": 0.0},
+                                    {"rotate": 0.0, "scale": 0.0, "shift": 0.1}])
+def test_any_one_geometric_strength_keeps_the_affine_step(kwargs):
+    (affine,) = [s for s in _steps(build_transforms(32, train=True, **kwargs)) if s["__class_fullname__"] == "Affine"]
+    assert affine["rotate"] == [-kwargs["rotate"], kwargs["rotate"]] or kwargs["rotate"] == 0 == max(map(abs, affine["rotate"]))
+    assert affine["scale"]["x"] == [1 - kwargs["scale"], 1 + kwargs["scale"]]
+    assert affine["translate_percent"]["x"] == [-kwargs["shift"], kwargs["shift"]]
+
+
+@pytest.mark.parametrize("normalize,extra,last", [("zscore", {}, "Normalize"),
+                                                  ("fixed", {"mean": 0.2, "std": 0.5}, "FixedNormalize"),
+                                                  ("window", {}, "FixedNormalize")])
+def test_evaluation_is_resize_then_the_normalisation_only(normalize, extra, last):
+    steps = _steps(build_transforms(24, train=False, normalize=normalize, **extra))
+    assert [s["__class_fullname__"].rsplit(".", 1)[-1] for s in steps] == ["Resize", last]
+    image = np.full((10, 10), 102, np.uint8)          # 0.4 on the [0, 1] scale
+    out = build_transforms(24, train=False, normalize=normalize, **extra)(image=image, mask=image)["image"]
+    expected = {"zscore": 0.0, "fixed": (0.4 - 0.2) / 0.5, "window": 0.4}[normalize]
+    # (zscore comes out float64 from albumentations; PairedDataset and apply_image make it float32)
+    assert out.shape == (24, 24) and out.dtype.kind == "f" and np.allclose(out, expected, atol=1e-6)
+
+
+def test_fixed_normalize_scales_uint8_by_255_and_keeps_float_images():
+    norm = FixedNormalize(0.5, 0.25)
+    assert np.allclose(norm.apply(np.array([[0, 255]], np.uint8)), [[-2.0, 2.0]])
+    assert np.allclose(norm.apply(np.array([[0.5, 1.0]], np.float64)), [[0.0, 2.0]])
+    assert norm.apply(np.array([[0.5]], np.float64)).dtype == np.float32
+    assert norm.apply(np.array([[7]], np.uint8)).dtype == np.float32
+
+
+def test_unit_slices_scales_each_slice_by_its_own_range_and_a_constant_slice_to_zero():
+    volume = np.stack([np.array([[0.2, 0.7], [0.45, 0.2]]),        # span 0.5 < 1
+                       np.array([[10.0, 30.0], [20.0, 10.0]]),      # span 20
+                       np.full((2, 2), 5.0)])                      # constant
+    out = unit_slices(volume)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0], [[0.0, 1.0], [0.5, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(out[1], [[0.0, 1.0], [0.5, 0.0]], atol=1e-6)
+    assert np.array_equal(out[2], np.zeros((2, 2)))
