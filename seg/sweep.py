@@ -35,10 +35,15 @@ def config_hash(resolved: dict, replace: Sequence[str]) -> str:
     device, threads, nor the sweep mechanics (resume, debug, launcher settings, seeds: each seed is a run).
     `replace`: machine-specific path prefixes (cache, project root) replaced by placeholders.
     Cross-validation: `cv` (folds, fold, seed) is hashed only when cv.folds is set, so each fold is its own
-    configuration (like a seed) and a run without CV keeps the hash it had before the `cv` node existed."""
+    configuration (like a seed) and a run without CV keeps the hash it had before the `cv` node existed;
+    likewise trainer.val_every counts only when it is not 1 (validate every epoch, as before the key)."""
     keep = {k: v for k, v in resolved.items() if k not in HASH_EXCLUDED}
     if not cv_enabled(keep):
         keep.pop("cv", None)
+    trainer = keep.get("trainer")
+    if isinstance(trainer, dict) and trainer.get("val_every", 1) == 1:
+        # validating every epoch is what every run did before trainer.val_every existed: the same hash
+        keep["trainer"] = {k: v for k, v in trainer.items() if k != "val_every"}
     text = json.dumps(keep, sort_keys=True, default=str)
     for i, path in enumerate(replace):
         text = text.replace(path, f"<path{i}>")

@@ -22,6 +22,15 @@ def test_a_run_without_cv_has_the_hash_params_and_name_it_had_before_the_cv_node
     assert compose_cfg(base).tracking.run_name.endswith("-s0")
 
 
+@pytest.mark.parametrize("base", BASES)
+def test_val_every_1_keeps_the_hash_a_run_had_before_the_key_and_2_changes_it(base):
+    resolved = compose_resolved(base)
+    assert resolved["trainer"]["val_every"] == 1
+    before = {**resolved, "trainer": {k: v for k, v in resolved["trainer"].items() if k != "val_every"}}
+    assert config_hash(resolved, []) == config_hash(before, [])
+    assert config_hash(compose_resolved([*base, "trainer.val_every=2"]), []) != config_hash(resolved, [])
+
+
 def test_each_fold_is_its_own_configuration_and_cv_settings_count():
     h = lambda *o: config_hash(compose_resolved(["model=unet", "loss=dice", *o]), [])
     folds = [h("cv.folds=3", f"cv.fold={f}") for f in range(3)]
