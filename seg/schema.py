@@ -94,19 +94,19 @@ RULES: tuple[Rule, ...] = (
 
 
 def check_cv(cfg: DictConfig) -> None:
-    """The cross-validation keys together: cv.fold in 0..cv.folds-1 when cv.folds is set, unset otherwise.
-    (Each key's own type and range are RULES.)"""
-    folds, fold = OmegaConf.select(cfg, "cv.folds"), OmegaConf.select(cfg, "cv.fold")
-    if folds is None:
-        if fold is not None:
-            raise ConfigError(f"cv.fold={fold!r} without cv.folds: set cv.folds=K (K >= 2) too, or leave cv.fold "
-                              "unset (cv.folds=null: no cross-validation)")
+    """The cross-validation keys together (cv.fold in 0..cv.folds-1 when cv.folds is set, unset otherwise):
+    seg.data.layout.Folds.of, the one check the dataset readers apply too. (Each key's own type and range
+    are RULES.)"""
+    node = OmegaConf.select(cfg, "cv")
+    if node is None:
         return
-    if fold is None:
-        raise ConfigError(f"cv.fold=null: expected an integer in 0..{int(folds) - 1} with cv.folds={folds} "
-                          f"(every fold: -m cv.fold='range(0,{folds})')")
-    if int(fold) >= int(folds):
-        raise ConfigError(f"cv.fold={fold!r}: expected an integer in 0..{int(folds) - 1} (cv.folds={folds})")
+    from seg.data.layout import Folds
+
+    try:
+        Folds.of(OmegaConf.to_container(node, resolve=True))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
 
 _MISSING = object()
 

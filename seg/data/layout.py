@@ -159,7 +159,7 @@ class Folds:
             raise ValueError(f"cv.folds={self.folds!r}: expected an integer >= 2 (or null: no cross-validation)")
         if not whole(self.fold) or not 0 <= self.fold < self.folds:
             raise ValueError(f"cv.fold={self.fold!r}: expected an integer in 0..{self.folds - 1} (cv.folds="
-                             f"{self.folds}; every fold: cv.fold='range(0,{self.folds})')")
+                             f"{self.folds})")
         if not whole(self.seed) or self.seed < 0:
             raise ValueError(f"cv.seed={self.seed!r}: expected an integer >= 0")
 
@@ -173,7 +173,7 @@ class Folds:
             raise ValueError(f"cv={cv!r}: expected a mapping with folds, fold and seed (or null)")
         if cv.get("folds") is None:
             if cv.get("fold") is not None:
-                raise ValueError(f"cv.fold={cv.get('fold')!r} without cv.folds: set cv.folds=K (>= 2) too, "
+                raise ValueError(f"cv.fold={cv.get('fold')!r} without cv.folds: set cv.folds=K (K >= 2) too, "
                                  "or leave cv.fold unset (cv.folds=null: no cross-validation)")
             return None
         unknown = set(cv) - {"folds", "fold", "seed"}
@@ -181,7 +181,7 @@ class Folds:
             raise ValueError(f"cv has unknown key(s) {sorted(unknown)}; expected folds, fold and seed")
         if cv.get("fold") is None:
             raise ValueError(f"cv.fold=null: expected an integer in 0..{cv['folds'] - 1 if isinstance(cv['folds'], int) else 'K-1'} "
-                             f"with cv.folds={cv['folds']!r} (every fold: cv.fold='range(0,{cv['folds']})')")
+                             f"with cv.folds={cv['folds']!r} (every fold: -m cv.fold='range(0,{cv['folds']})')")
         return cls(cv["folds"], cv["fold"], cv.get("seed", 0) if cv.get("seed") is not None else 0)
 
     def record(self) -> dict:

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from seg.predict.model import Model, ModelError, load_checkpoint, model_from_checkpoint, model_of_run
+from seg.predict.model import Model, ModelError, model_of_run
 
 log = logging.getLogger("seg.predict")
 
