@@ -313,10 +313,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="after a run with every part, gpu.md is appended here as a section")
     parser.add_argument("--no-results", dest="results", action="store_const", const=None)
     args = parser.parse_args(list(argv))
-    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = sorted(set(args.parts) - set(PARTS))
-    if unknown:
-        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    from benchmarks.run import comma_list
+
+    args.parts = comma_list(parser, args.parts, PARTS, "part")
     return args
 
 

@@ -1296,6 +1296,15 @@ def _loads(values) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def comma_list(parser: argparse.ArgumentParser, text: str, allowed: Sequence[str], what: str) -> list[str]:
+    """"a, b" -> ["a", "b"]; parser.error naming the unknown ones and the choices."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        parser.error(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return names
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default=",".join(SECTIONS),
@@ -1313,10 +1322,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch intra-op threads for every section (default: "
                         "torch's default, as a run with threads=null gets)")
     args = parser.parse_args(list(argv))
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(args.sections) - set(SECTIONS))
-    if unknown:
-        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.sections = comma_list(parser, args.sections, SECTIONS, "section")
     return args
 
 
