@@ -224,8 +224,9 @@ def test_phantom_study_through_slurm_with_a_job_requeued_mid_run(cluster, tmp_pa
     assert not (target / "checkpoints" / "last.pt").exists() and (target / "checkpoints" / "best.pt").is_file()
 
     # the report reads the server like any store
-    report = subprocess.run([sys.executable, "-m", "seg.report", "--experiment", experiment, "--out",
-                             str(tmp_path / "report")], cwd=PROJECT_ROOT, env=env, capture_output=True,
+    # (the study's runs are tiny, i.e. smoke runs, which the report leaves out unless asked)
+    report = subprocess.run([sys.executable, "-m", "seg.report", "--experiment", experiment, "--include-smoke",
+                             "--out", str(tmp_path / "report")], cwd=PROJECT_ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     with (tmp_path / "report" / "summary.csv").open() as fh:
