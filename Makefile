@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 5000
 ARGS   ?=
 MODULES ?=
+WORKERS ?= 2
 DATASET ?= covid_infection
 ROOT   ?=
 SWEEP  := experiment=covid_arch_x_loss
@@ -33,8 +34,8 @@ run: $(STAMP)  ## one run on the embedded phantom data (ARGS= for overrides)
 sweep: $(STAMP)  ## the 3 x 3 model x loss sweep on the default (phantom) data
 	$(PY) run.py -m $(SWEEP) $(ARGS)
 
-test: $(STAMP)  ## the fast test suite (under 5 minutes on 2 cores)
-	$(PY) -m pytest -m "not slow" -q
+test: $(STAMP)  ## the fast test suite on WORKERS=2 pytest-xdist workers (under 5 minutes on 2 cores)
+	$(PY) -m pytest -m "not slow" -q -n $(WORKERS)
 
 test-all: $(STAMP)  ## every test, the slow end-to-end ones included
 	$(PY) -m pytest -q

@@ -15,6 +15,14 @@ import seg.config  # noqa: F401  (project_root resolver)
 # Logging each run's MLflow pyfunc model costs about 8 s per run; the tests that check the logged model
 # (tests/test_dashboard.py) turn it back on for their own runs.
 os.environ.setdefault("SEGSWEEP_LOG_MODEL", "false")
+# `make test` runs the suite on two pytest-xdist workers: one torch / BLAS thread each (and in the runs
+# they start as subprocesses), or two workers of two threads fight over two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 from tests.helpers.compose import compose_cfg, compose_resolved  # noqa: F401  (re-exported)
 
 
