@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import pickle
 import random
 
 import numpy as np
@@ -236,3 +238,40 @@ def test_checkpointer_keeps_the_previous_last_holds_every_resume_state_and_drops
     same = Checkpointer(tmp_path / "ckpt", {"amp": "off"}, gen, data, supersedes=tmp_path / "ckpt")
     same.on_checkpoint(ctx, improved=False)                     # resuming in its own folder deletes nothing
     assert saver.last.exists() and (saver.folder / "last.prev.pt").exists()
+
+
+class _Touches:
+    """Unpickling it makes a folder: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_load_refuses_pickled_code_naming_what_it_references_and_never_runs_it(tmp_path):
+    marker = tmp_path / "ran"
+    zipped, bare = tmp_path / "evil.pt", tmp_path / "evil.pkl"
+    torch.save({"state_dict": {}, "config": {}, "x": _Touches(marker)}, zipped)   # torch.save's zip format
+    bare.write_bytes(pickle.dumps({"state_dict": _Touches(marker)}, protocol=4))   # a bare pickle
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load(zipped)
+    assert str(err.value).startswith(f"refusing checkpoint {zipped}: it needs arbitrary pickled objects "
+                                     f"(it references {os.mkdir.__module__}.mkdir)")  # the global it would call
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load(bare)
+    assert str(err.value).startswith(f"refusing checkpoint {bare}: it needs arbitrary pickled objects "
+                                     "(a bare pickle, not a torch.save file)")
+    assert not marker.exists()
+    # bytes that are no pickle at all are not called malicious
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00\x01 definitely not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="^(not a PyTorch|corrupt or unreadable) checkpoint"):
+        checkpoint.load(junk)
+
+
+def test_load_puts_the_tensors_where_map_location_says(tmp_path):
+    torch.save({"state_dict": {"w": torch.ones(2)}, "config": {}}, tmp_path / "w.pt")
+    assert checkpoint.load(tmp_path / "w.pt", map_location="meta")["state_dict"]["w"].device.type == "meta"
+    assert checkpoint.load(tmp_path / "w.pt")["state_dict"]["w"].device.type == "cpu"
