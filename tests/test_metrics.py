@@ -312,3 +312,64 @@ def test_hausdorff_on_large_sparse_contours_is_numpys_percentile_exactly(percent
         checked += max(d[0].size, d[1].size) * min(d[0].size, d[1].size) > metrics._BRUTE_PAIRS
         assert box is not None
     assert checked >= 10                                     # the cases do take the k-d tree path
+
+
+def test_percentile_rounds_as_numpy_does_on_either_side_of_the_midpoint():
+    """np.percentile interpolates from the upper value when gamma >= 0.5 (b - diff * (1 - gamma)); the
+    other formula differs in the last bit: [0.1, 0.7] at the median gives 0.39999999999999997, not 0.4."""
+    from seg.metrics import _percentile
+
+    assert _percentile(np.array([0.1, 0.7]), 50) == np.percentile([0.1, 0.7], 50) == 0.39999999999999997
+    rng = np.random.default_rng(9)
+    for _ in range(300):
+        v = rng.random(int(rng.integers(2, 40))) * 97.3
+        for q in (5, 50, 95, 99, 100 / 3):
+            assert _percentile(v, q) == np.percentile(v, q)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint64, np.uint16, np.int8])
+def test_label_maps_of_any_dtype_in_range_or_negative_score_as_their_integer_labels(dtype):
+    """Float maps (a resized prediction), uint64 and small integer maps whose labels are all in 0..K, and
+    negative labels (-1: 'ignore' in some exports, background here): the rows equal those of the int64 map."""
+    rng = np.random.default_rng(5)
+    names = ["rv", "myo", "lv"]
+    gt64 = np.zeros((24, 28), np.int64)
+    gt64[3:12, 4:15], gt64[8:20, 10:22], gt64[15:22, 2:9] = 1, 2, 3
+    pred64 = np.clip(gt64 + rng.integers(-1, 2, gt64.shape) * (rng.random(gt64.shape) < 0.2), 0, 3)
+    pred64[0, :5] = 0
+    want = structure_rows("c", pred64, gt64, names, (0.8, 1.1))
+    pred, gt = pred64.astype(dtype), gt64.astype(dtype)
+    if np.issubdtype(dtype, np.signedinteger):
+        pred[0, :5] = -1                                        # background where pred64 is 0 too
+    got = structure_rows("c", pred, gt, names, (0.8, 1.1))
+    for w, g in zip(want, got):
+        assert w.keys() == g.keys()
+        for key in w:
+            assert g[key] == w[key] or (isinstance(w[key], float) and math.isnan(w[key]) and math.isnan(g[key])), key
+
+
+def test_structure_rows_empty_prediction_empty_structure_and_whole_image_masks_by_hand():
+    spacing = (1.0, 2.0)                                        # a 10 x 10 image: 10 mm x 20 mm
+    penalty = math.sqrt(10 ** 2 + 20 ** 2)
+    gt = np.zeros((10, 10), np.uint8)
+    gt[2:6, 2:6] = 1                                            # lv: 16 pixels; rv: nowhere
+    pred = np.zeros_like(gt)
+    pred[7:9, 7:9] = 2                                          # rv predicted (gt empty), lv missed
+    lv, rv = structure_rows("c", pred, gt, ["lv", "rv"], spacing)
+    assert (lv["gt_empty"], lv["pred_empty"]) == (False, True)
+    assert (lv["dice"], lv["iou"]) == (0.0, 0.0) and lv["hd95"] == lv["hd"] == pytest.approx(penalty)
+    assert (rv["gt_empty"], rv["pred_empty"]) == (True, False) and rv["dice"] == 0.0
+    both_empty = structure_rows("c", pred, gt, ["lv", "rv", "myo"], spacing)[2]
+    assert both_empty["gt_empty"] and both_empty["pred_empty"]
+    assert all(math.isnan(both_empty[k]) for k in ("dice", "iou", "hd", "hd95", "hd95_pooled", "assd"))
+    one_pixel = np.zeros_like(gt)
+    one_pixel[3, 3] = 1
+    row = structure_rows("c", one_pixel, gt, ["lv"], spacing)[0]
+    assert row["pred_empty"] is False and row["dice"] == pytest.approx(2 / 17)
+    # a prediction (or a ground truth) covering the whole image: every pixel counts, none is cropped away
+    full = np.ones_like(gt)
+    row = structure_rows("c", full, gt, ["lv"], spacing)[0]
+    assert (row["dice"], row["iou"]) == (pytest.approx(2 * 16 / 116), pytest.approx(16 / 100))
+    row = structure_rows("c", gt, full, ["lv"], spacing)[0]
+    assert (row["dice"], row["iou"]) == (pytest.approx(2 * 16 / 116), pytest.approx(16 / 100))
+    assert row["hd"] == pytest.approx(case_metrics(gt.astype(bool), full.astype(bool), spacing)["hd"])

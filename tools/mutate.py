@@ -8,6 +8,7 @@ narrows it further to the tests that call the mutated function). Slow-marked tes
     python tools/mutate.py                 # every module, one after the other
     python tools/mutate.py metrics losses  # some of them
     python tools/mutate.py --report        # only print the table of the last runs
+    python tools/mutate.py --recheck metrics   # re-run only the last run's survivors against today's tests
 
 Per module it prints and writes outputs/mutate/report.md: killed / survived / equivalent / other
 (suspicious, segfault, not checked); a timeout counts as killed, a mutant no selected test reaches as survived. A survivor whose name is listed in
@@ -85,22 +86,29 @@ def _ignore(_dir, names):
     return [n for n in names if n in ("__pycache__", "mutants", ".pytest_cache") or n.endswith(".pyc")]
 
 
-def prepare(name: str) -> Path:
-    """A fresh scratch copy of the project with a pyproject.toml that configures mutmut for `name`."""
+def _copy_project(work: Path) -> None:
+    for item in COPY:
+        src = ROOT / item
+        if src.is_dir():
+            if (work / item).exists():
+                shutil.rmtree(work / item)
+            shutil.copytree(src, work / item, ignore=_ignore)
+        elif src.is_file():
+            shutil.copy2(src, work / item)
+
+
+def prepare(name: str, fresh: bool = True) -> Path:
+    """A scratch copy of the project with a pyproject.toml that configures mutmut for `name` (fresh: the
+    last run's results removed; else the copy is refreshed and mutmut's results kept, for --recheck)."""
     files, tests, _ = MODULES[name]
     missing = [p for p in files + tests if not (ROOT / p.split("::")[0]).exists()]
     if missing:
         raise SystemExit(f"mutate {name}: {', '.join(missing)} not found in {ROOT} (MODULES in {__file__})")
     work = OUT / name
-    if work.exists():
+    if fresh and work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True)
-    for item in COPY:
-        src = ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, work / item, ignore=_ignore)
-        elif src.is_file():
-            shutil.copy2(src, work / item)
+    work.mkdir(parents=True, exist_ok=True)
+    _copy_project(work)
     toml = ["[tool.mutmut]", 'source_paths = ["seg/"]',
             f"only_mutate = {json.dumps(files)}",
             f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
@@ -177,6 +185,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
     parser.add_argument("--report", action="store_true", help="only print the table of the last runs")
+    parser.add_argument("--recheck", action="store_true",
+                        help="re-run only the survivors of each module's last run (tests and sources copied anew)")
     parser.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     args = parser.parse_args(argv)
     names = args.modules or list(MODULES)
@@ -185,10 +195,21 @@ def main(argv=None) -> int:
         parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
     if not args.report:
         for name in names:
-            work = prepare(name)
-            print(f"mutate {name}: {', '.join(MODULES[name][0])} against {', '.join(MODULES[name][1])}", flush=True)
+            targets = MODULES[name][2]
+            if args.recheck:
+                last = results(name)
+                if last is None:
+                    print(f"mutate {name}: no earlier run to recheck (run `tools/mutate.py {name}` first)", flush=True)
+                    continue
+                if not last["survivors"]:
+                    print(f"mutate {name}: no survivors to recheck", flush=True)
+                    continue
+                targets = last["survivors"]
+            work = prepare(name, fresh=not args.recheck)
+            print(f"mutate {name}: {', '.join(MODULES[name][0])} against {', '.join(MODULES[name][1])}"
+                  + (f" ({len(targets)} survivors rechecked)" if args.recheck else ""), flush=True)
             proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children),
-                                   *MODULES[name][2]], cwd=work)
+                                   *targets], cwd=work)
             c = results(name)
             if c is None:
                 print(f"mutate {name}: mutmut produced no results (exit {proc.returncode})", flush=True)
