@@ -100,6 +100,7 @@ def test_summarize_nanmean_counts_and_false_positive_rate():
     assert s["dice"] == pytest.approx(0.5) and s["dice_lesion"] == pytest.approx(0.5)
     assert s["dice_n"] == 2 and s["dice_lesion_n"] == 2
     assert s["fpr_empty"] == pytest.approx(0.5)    # 1 of 2 empty-gt cases got foreground
+    assert s["fpr_empty_lesion"] == pytest.approx(0.5)
     assert s["hd95_lesion"] == pytest.approx((0 + empty_penalty((8, 8))) / 2)
     assert s["n_cases"] == 3
 
@@ -342,6 +343,9 @@ def test_label_maps_of_any_dtype_in_range_or_negative_score_as_their_integer_lab
     if np.issubdtype(dtype, np.signedinteger):
         pred[0, :5] = -1                                        # background where pred64 is 0 too
     got = structure_rows("c", pred, gt, names, (0.8, 1.1))
+    if np.issubdtype(dtype, np.signedinteger):              # a one-pixel map too
+        assert structure_rows("c", np.full((1, 1), -1, dtype), np.ones((1, 1), dtype), ["a"], distances=False)[0][
+            "dice"] == 0.0
     for w, g in zip(want, got):
         assert w.keys() == g.keys()
         for key in w:
