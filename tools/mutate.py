@@ -54,7 +54,11 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
                    [f"seg.engine.checkpoint.x_{f}*" for f in ("best_payload", "last_payload", "nonfinite", "load",
                                                               "_upgrade", "resume_state")]
                    + ["seg.engine.hooks.xǁCheckpointerǁon_checkpoint*"]),
-    "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"], ["seg.engine.loop.x_fit*"]),
+    # the selection rules fit applies (best epoch, stale count, early stopping, which epochs validate); the rest
+    # of fit (about 450 mutants at ~15 s each, every one a short training run) is left to tests/engine/test_loop.py
+    "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"],
+             ["seg.engine.loop.xǁLoopStateǁrecord*", "seg.engine.loop.xǁLoopStateǁstopped_early*",
+              "seg.engine.loop.x_validation_due*"]),
     "transforms": (["seg/data/transforms.py"], ["tests/data/test_transforms.py"] + [f"tests/data/test_readers.py::{t}" for t in (
         "test_masks_are_resized_nearest_and_follow_the_image", "test_resize_keeps_a_one_pixel_label_grid_exact",
         "test_mask_upscale_50_to_96_is_pixel_centre_nearest_without_new_classes",

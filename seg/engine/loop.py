@@ -77,6 +77,23 @@ class LoopState:
     def loop_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "history"}
 
+    def record(self, epoch: int, monitored: float) -> tuple[bool, float]:
+        """A validated epoch's monitored value -> (improved, score). The first validated epoch always
+        improves; later ones only when strictly higher (a tie keeps the earlier epoch); a NaN value scores
+        -inf (never better). Improved: best / best_epoch take the epoch and stale restarts at 0; else
+        stale counts one more validated epoch without improvement."""
+        score = -math.inf if math.isnan(monitored) else monitored
+        improved = score > self.best or self.best_epoch < 0
+        if improved:
+            self.best, self.best_epoch, self.stale = score, epoch, 0
+        else:
+            self.stale += 1
+        return improved, score
+
+    def stopped_early(self, patience: int) -> bool:
+        """Early stopping is on (patience > 0) and `patience` validated epochs in a row did not improve."""
+        return bool(patience) and self.stale >= patience
+
     @classmethod
     def restore(cls, loop: dict, history: list[dict] | None) -> "LoopState":
         known = {k: loop[k] for k in cls.__dataclass_fields__ if k in loop and k != "history"}
@@ -211,6 +228,12 @@ def check_settings(epochs: int, accumulate: int, grad_clip, monitor: str, early_
         raise ValueError(f"trainer.val_every={val_every}; expected an integer >= 1 (1: validate every epoch)")
 
 
+def validation_due(epoch: int, val_every: int, epochs: int) -> bool:
+    """Whether 0-based `epoch` is validated: every val_every-th epoch (the val_every-th, 2 x val_every-th, ...)
+    and always the last one, so a run's final weights are scored."""
+    return (epoch + 1) % val_every == 0 or epoch + 1 == epochs
+
+
 def fit(ctx: Fit) -> LoopState:
     """Train from ctx.state (a fresh LoopState, or one restored from last.pt) to ctx.epochs or early stop.
 
@@ -222,7 +245,7 @@ def fit(ctx: Fit) -> LoopState:
     key = ctx.monitor.split("/", 1)[1]
     ctx.emit("on_fit_start")
     for epoch in range(st.epoch + 1, ctx.epochs):
-        if ctx.early_stopping and st.stale >= ctx.early_stopping:
+        if st.stopped_early(ctx.early_stopping):
             break
         ctx.epoch = epoch
         ctx.emit("on_epoch_start")
@@ -241,7 +264,7 @@ def fit(ctx: Fit) -> LoopState:
             raise NonFiniteWeightsError(f"non-finite weights after the training of epoch {epoch + 1} "
                                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): stopping this "
                                         "run (lower the learning rate, enable trainer.grad_clip, or check the data)")
-        validated = (epoch + 1) % ctx.val_every == 0 or epoch + 1 == ctx.epochs
+        validated = validation_due(epoch, ctx.val_every, ctx.epochs)
         val: dict = {}
         if validated:
             rows, _ = evaluate(ctx.model, ctx.val_cases, ctx.class_names, ctx.device, ctx.dtype, ctx.num_classes,
@@ -258,12 +281,7 @@ def fit(ctx: Fit) -> LoopState:
         improved, monitored, score = False, math.nan, math.nan
         if validated:                   # only validated epochs compete for best and count towards early stopping
             monitored = val[key]
-            score = -math.inf if math.isnan(monitored) else monitored
-            improved = score > st.best or st.best_epoch < 0
-            if improved:
-                st.best, st.best_epoch, st.stale = score, epoch, 0
-            else:
-                st.stale += 1
+            improved, score = st.record(epoch, monitored)
         if ctx.scheduler is not None:
             if isinstance(ctx.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 if validated:
@@ -278,7 +296,7 @@ def fit(ctx: Fit) -> LoopState:
         logged = time.perf_counter()
         ctx.emit("on_epoch_end", metrics)
         ctx.span("log", logged, time.perf_counter(), epoch)
-        if ctx.early_stopping and st.stale >= ctx.early_stopping:
+        if st.stopped_early(ctx.early_stopping):
             log.info("early stopping: no %s improvement for %d epochs", ctx.monitor, st.stale)
             break
     ctx.emit("on_fit_end")

@@ -1,6 +1,7 @@
 """seg.engine.loop.fit: gradients off in validation and test, hooks in order, non-finite values stop the run."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from seg.data.base import Case
-from seg.engine.loop import Fit, Hook, LoopState, NonFiniteLossError, NonFiniteWeightsError, fit, train_epoch
+from seg.engine.loop import (Fit, Hook, LoopState, NonFiniteLossError, NonFiniteWeightsError, fit, train_epoch,
+                             validation_due)
 from seg.train import test_pass
 
 
@@ -269,3 +271,40 @@ def test_val_every_below_one_is_rejected():
     train, cases = _data(n_train=1)
     with pytest.raises(ValueError, match=r"trainer.val_every=0; expected an integer >= 1"):
         fit(_fit(Recorder(), train, cases, epochs=2, val_every=0))
+
+
+# --- the selection rules on their own (hand-made sequences; fit uses exactly these) ------------------------
+
+def test_record_keeps_the_first_strictly_best_epoch_and_counts_stale_epochs():
+    st = LoopState()
+    seq = [(0, 0.5), (1, 0.7), (2, 0.7), (3, 0.6), (4, math.nan), (5, 0.71)]
+    got = [st.record(epoch, value) for epoch, value in seq]
+    assert [imp for imp, _ in got] == [True, True, False, False, False, True]
+    assert [score for _, score in got] == [0.5, 0.7, 0.7, 0.6, -math.inf, 0.71]
+    assert (st.best, st.best_epoch, st.stale) == (0.71, 5, 0)
+    st = LoopState()
+    st.record(0, 0.8)
+    st.record(1, 0.8)                     # a tie keeps the earlier epoch and counts as stale
+    st.record(2, 0.2)
+    assert (st.best, st.best_epoch, st.stale) == (0.8, 0, 2)
+
+
+def test_a_first_epoch_scoring_nan_is_best_until_a_real_value_comes():
+    st = LoopState()
+    assert st.record(0, math.nan) == (True, -math.inf) and (st.best_epoch, st.stale) == (0, 0)
+    assert st.record(1, math.nan) == (False, -math.inf) and (st.best_epoch, st.stale) == (0, 1)
+    assert st.record(2, 0.0) == (True, 0.0) and (st.best, st.best_epoch, st.stale) == (0.0, 2, 0)
+
+
+def test_stopped_early_after_patience_stale_epochs_and_never_when_off():
+    st = LoopState(stale=2)
+    assert not st.stopped_early(3) and st.stopped_early(2) and st.stopped_early(1)
+    assert not st.stopped_early(0) and not LoopState(stale=100).stopped_early(0)
+    assert not LoopState(stale=0).stopped_early(1)
+
+
+def test_validation_due_every_nth_epoch_and_always_the_last():
+    assert [e for e in range(10) if validation_due(e, 3, 10)] == [2, 5, 8, 9]
+    assert [e for e in range(6) if validation_due(e, 1, 6)] == list(range(6))
+    assert [e for e in range(4) if validation_due(e, 5, 4)] == [3]
+    assert [e for e in range(4) if validation_due(e, 2, 4)] == [1, 3]
