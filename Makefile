@@ -40,7 +40,8 @@ test: $(STAMP)  ## the fast test suite on WORKERS=2 pytest-xdist workers (under 
 test-all: $(STAMP)  ## every test, the slow end-to-end ones included
 	$(PY) -m pytest -q
 
-mutate: $(STAMP)  ## mutation testing (mutmut) of metrics, losses, checkpoints, loop, transforms, splits, sweep, report stats -> outputs/mutate/report.md (MODULES='metrics losses' for some; long: not part of make test)
+mutate: $(STAMP)  ## issue 20's hand-made changes, then mutation testing (mutmut) of metrics, losses, checkpoints, loop, transforms, splits, sweep, report stats -> outputs/mutate/{hand,report}.md (MODULES='metrics losses' for some; long: not part of make test)
+	nice -n 10 $(PY) tools/hand_mutations.py
 	nice -n 10 $(PY) tools/mutate.py $(MODULES)
 
 ui: $(STAMP)  ## MLflow UI on 127.0.0.1 (PORT=5000 by default)
