@@ -47,6 +47,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
         "test_read_jobs_lists_every_jobs_status_in_job_number_order_and_names_an_unreadable_one")]
               + [f"tests/test_cv_config.py::{t}" for t in (
                   "test_a_run_without_cv_has_the_hash_params_and_name_it_had_before_the_cv_node",
+                  "test_val_every_1_keeps_the_hash_a_run_had_before_the_key_and_2_changes_it",
                   "test_each_fold_is_its_own_configuration_and_cv_settings_count")],
               ["seg.sweep.x_config_hash*", "seg.sweep.x_previous_runs*", "seg.sweep.x_read_jobs*"]),
     "checkpoint": (["seg/engine/checkpoint.py", "seg/engine/hooks.py"],
