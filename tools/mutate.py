@@ -50,11 +50,12 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
                   "test_val_every_1_keeps_the_hash_a_run_had_before_the_key_and_2_changes_it",
                   "test_each_fold_is_its_own_configuration_and_cv_settings_count")],
               ["seg.sweep.x_config_hash*", "seg.sweep.x_previous_runs*", "seg.sweep.x_read_jobs*"]),
-    "checkpoint": (["seg/engine/checkpoint.py", "seg/engine/hooks.py"],
+    "checkpoint": (["seg/engine/checkpoint.py"],
                    ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"],
                    [f"seg.engine.checkpoint.x_{f}*" for f in ("best_payload", "last_payload", "nonfinite", "load",
-                                                              "_upgrade", "resume_state")]
-                   + ["seg.engine.hooks.xǁCheckpointerǁon_checkpoint*"]),
+                                                              "_upgrade", "resume_state")]),
+    "checkpointer": (["seg/engine/hooks.py"], ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"],
+                     ["seg.engine.hooks.xǁCheckpointerǁon_checkpoint*"]),
     # the selection rules fit applies (best epoch, stale count, early stopping, which epochs validate); the rest
     # of fit (about 450 mutants at ~15 s each, every one a short training run) is left to tests/engine/test_loop.py
     "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"],
@@ -110,10 +111,21 @@ def prepare(name: str, fresh: bool = True) -> Path:
     if missing:
         raise SystemExit(f"mutate {name}: {', '.join(missing)} not found in {ROOT} (MODULES in {__file__})")
     work = OUT / name
+    toml = _toml(name)
+    if not fresh and (work / "pyproject.toml").is_file() and (work / "pyproject.toml").read_text() != toml:
+        # mutmut drops every result when its configuration (e.g. the test selection) changes
+        raise SystemExit(f"mutate {name}: its configuration changed since the last run; run it in full "
+                         f"(`tools/mutate.py {name}`), not --recheck")
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     _copy_project(work)
+    (work / "pyproject.toml").write_text(toml)
+    return work
+
+
+def _toml(name: str) -> str:
+    files, tests, _ = MODULES[name]
     toml = ["[tool.mutmut]", 'source_paths = ["seg/"]',
             f"only_mutate = {json.dumps(files)}",
             f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
@@ -122,8 +134,7 @@ def prepare(name: str, fresh: bool = True) -> Path:
             'process_isolation = "forkserver"',     # torch is not fork-safe after pytest ran in the parent
             f"do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE)}",
             ]
-    (work / "pyproject.toml").write_text("\n".join(toml) + "\n")
-    return work
+    return "\n".join(toml) + "\n"
 
 
 def equivalent_names() -> set[str]:
