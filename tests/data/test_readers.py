@@ -306,9 +306,10 @@ def test_dataloader_workers_draw_different_reproducible_augmentations():
     assert not torch.equal(first[0], first[1]), "worker 0 and worker 1 draw different augmentations"
 
 
-def test_build_transforms_rejects_bad_size():
-    with pytest.raises(ValueError, match="image_size"):
-        build_transforms(0, train=True)
+@pytest.mark.parametrize("size", [0, 7, 32.0, True, "96"])
+def test_build_transforms_rejects_bad_size(size):
+    with pytest.raises(ValueError, match="image_size=.*expected an int >= 8"):
+        build_transforms(size, train=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -188,3 +188,8 @@ def test_unit_slices_scales_each_slice_by_its_own_range_and_a_constant_slice_to_
     np.testing.assert_allclose(out[0], [[0.0, 1.0], [0.5, 0.0]], atol=1e-6)
     np.testing.assert_allclose(out[1], [[0.0, 1.0], [0.5, 0.0]], atol=1e-6)
     assert np.array_equal(out[2], np.zeros((2, 2)))
+
+
+def test_the_smallest_image_size_8_is_taken():
+    out = build_transforms(8, train=False)(image=np.zeros((20, 20), np.uint8), mask=np.zeros((20, 20), np.uint8))
+    assert out["image"].shape == out["mask"].shape == (8, 8)
