@@ -129,6 +129,7 @@ def test_mean_ci_and_mean_std_over_finite_values():
     assert all(math.isnan(x) for x in stats.mean_ci([])[:3])
     m, s, n = stats.mean_std([1.0, 2.0, 4.0, None, math.nan])
     assert (m, n) == (pytest.approx(7 / 3), 3) and s == pytest.approx(np.std([1, 2, 4], ddof=1))
+    assert stats.mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 2)        # two values have a std
     m, s, n = stats.mean_std([2.5])
     assert (m, n) == (2.5, 1) and math.isnan(s)
     assert stats.mean_std([])[2] == 0 and math.isnan(stats.mean_std([])[0]) and math.isnan(stats.mean_std([])[1])
@@ -144,6 +145,10 @@ def test_summarize_config_fills_the_contract_columns_from_the_rows():
         ("other + bce", "r9", "p", "lv", False, False, 0.1, 1.0), ("other + bce", "r9", "e", "lv", True, False, 0.0),
     ]
     row = stats.summarize_config(_rows(rows), a)
+    assert set(row) == {"model", "loss", "settings", "n_runs", "seeds", "n_pos", "n_empty", "fpr_empty",
+                        "fpr_empty_ci_low", "fpr_empty_ci_high", "n_hd95_penalty", "n_hd95_values", "val_dice",
+                        *(f"{m}_pos{s}" for m in ("dice", "iou", "hd95", "hd95_pooled") for s in ("", "_ci_low", "_ci_high")),
+                        "hd95_median", "hd95_pooled_median"}
     assert (row["model"], row["loss"], row["settings"], row["n_runs"], row["seeds"]) == ("unet", "dice", "", 2, "0 1")
     # Dice per unit: p = mean(0.9, 0.7) = 0.8, q = mean(0.5, 0.0) = 0.25
     assert row["dice_pos"] == pytest.approx(0.525) and row["n_pos"] == 2
@@ -154,9 +159,18 @@ def test_summarize_config_fills_the_contract_columns_from_the_rows():
     assert math.isnan(row["iou_pos"]) and math.isnan(row["hd95_pooled_median"])      # no such columns here
     # FP rate on the one empty unit: r1 predicted (1), r2 did not (0) -> 0.5
     assert row["n_empty"] == 1 and row["fpr_empty"] == pytest.approx(0.5)
+    assert math.isnan(row["fpr_empty_ci_low"]) and math.isnan(row["fpr_empty_ci_high"])     # one unit: no CI
     assert row["val_dice"] == pytest.approx(0.7)
     by_loss = stats.summarize_config(_rows(rows), a, monitor="val/loss")
     assert math.isnan(by_loss["val_loss"]) and by_loss["val_dice"] == pytest.approx(0.7)
+    # a configuration without empty rows in a task that has them (another configuration's): no FP rate, no error
+    b = Config("resunet", "dice", [_run("r5", model="resunet")])
+    mixed = _rows(rows + [(b.label, "r5", "p", "lv", False, False, 0.6, 3.0)])
+    row_b = stats.summarize_config(mixed, b)
+    assert row_b["n_empty"] == 0 and math.isnan(row_b["fpr_empty"]) and row_b["dice_pos"] == pytest.approx(0.6)
+    # a case table without an HD95 column (distances off): no penalties counted
+    no_hd = stats.summarize_config(_rows(rows).drop(columns=["hd95"]), a)
+    assert (no_hd["n_hd95_penalty"], no_hd["n_hd95_values"]) == (0, 0) and math.isnan(no_hd["hd95_pos"])
     # a task without empty rows: no FP rate
     pos_only = stats.summarize_config(_rows([r for r in rows if not r[4]]), a)
     assert pos_only["n_empty"] == 0 and math.isnan(pos_only["fpr_empty"])
