@@ -71,8 +71,9 @@ def test_unit_values_average_structures_then_cases_of_a_unit_then_seeds_on_posit
     assert ("B", "q") not in u.index                                       # NaN only: dropped
     one = stats.unit_values(_rows(rows), structure="rv")                    # one structure: A, p from r1 only
     assert one.loc[("A", "p"), "dice"] == pytest.approx(0.5) and len(one) == 1
-    assert stats.unit_values(_rows(rows), metric="iou").empty
-    assert stats.unit_values(_rows(rows).iloc[:0]).empty
+    for empty in (stats.unit_values(_rows(rows), metric="iou"), stats.unit_values(_rows(rows).iloc[:0])):
+        assert empty.empty and empty.index.names == ["config", "unit"]
+    assert list(stats.unit_values(_rows(rows), metric="iou").columns) == ["iou"]
 
 
 def test_fp_values_is_the_share_of_empty_rows_with_a_prediction_per_unit_then_seeds():
@@ -91,7 +92,7 @@ def test_fp_values_is_the_share_of_empty_rows_with_a_prediction_per_unit_then_se
 
 
 def test_bootstrap_ci_is_scipys_bca_with_the_fixed_seed_and_handles_the_degenerate_cases():
-    v = [0.1, 0.4, 0.35, 0.8, 0.55, 0.6, 0.2]
+    v = list(np.random.default_rng(7).random(15))        # continuous values: the CI depends on every setting
     ref = bootstrap((np.array(v),), np.mean, confidence_level=0.95, n_resamples=4999, method="BCa",
                     rng=np.random.default_rng(0), vectorized=True).confidence_interval
     assert stats.bootstrap_ci(v) == pytest.approx((ref.low, ref.high), rel=1e-12)
@@ -101,6 +102,7 @@ def test_bootstrap_ci_is_scipys_bca_with_the_fixed_seed_and_handles_the_degenera
     assert all(math.isnan(x) for x in stats.bootstrap_ci([0.5]))
     assert all(math.isnan(x) for x in stats.bootstrap_ci([0.5, math.nan]))
     assert stats.bootstrap_ci([0.3, 0.3, 0.3]) == (0.3, 0.3)
+    assert stats.bootstrap_ci([0.1, 0.1, 0.1]) == (0.1, 0.1)     # the value itself, not a resampled mean of it
 
 
 def test_bootstrap_ci_falls_back_to_the_percentile_interval_where_bca_is_undefined(monkeypatch):
@@ -111,12 +113,12 @@ def test_bootstrap_ci_falls_back_to_the_percentile_interval_where_bca_is_undefin
     def undefined_bca(data, statistic, **kw):           # what scipy gives when BCa's acceleration is undefined
         methods.append(kw["method"])
         res = real(data, statistic, **kw)
-        if kw["method"] == "BCa":
-            res.confidence_interval = type(res.confidence_interval)(math.nan, math.nan)
+        if kw["method"] == "BCa":                         # one end undefined is enough to fall back
+            res.confidence_interval = type(res.confidence_interval)(res.confidence_interval.low, math.nan)
         return res
 
     monkeypatch.setattr(scipy.stats, "bootstrap", undefined_bca)
-    v = [0.1, 0.4, 0.35, 0.8]
+    v = list(np.random.default_rng(3).random(12))
     pct = real((np.array(v),), np.mean, confidence_level=0.95, n_resamples=4999, method="percentile",
                rng=np.random.default_rng(0), vectorized=True).confidence_interval
     assert stats.bootstrap_ci(v) == pytest.approx((pct.low, pct.high), rel=1e-12) and methods == ["BCa", "percentile"]
@@ -181,6 +183,7 @@ def test_paired_and_compare_to_reference_on_the_units_both_configurations_have()
     ref = pd.Series({"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.95, "e": 0.6, "x": 0.5})
     other = pd.Series({"a": 0.5, "b": 0.75, "c": 0.72, "d": 0.55, "e": 0.3, "y": 0.1})
     got = stats.paired(ref, other)
+    assert set(got) == {"n_units", "delta", "delta_ci_low", "delta_ci_high", "median_delta", "statistic", "p", "note"}
     diff = (ref - other)[list("abcde")].to_numpy()                    # 0.4, 0.05, -0.02, 0.4, 0.3; x, y unpaired
     assert got["n_units"] == 5 and got["delta"] == pytest.approx(diff.mean())
     assert got["median_delta"] == pytest.approx(0.3)
@@ -188,6 +191,7 @@ def test_paired_and_compare_to_reference_on_the_units_both_configurations_have()
     w = wilcoxon(diff)
     assert (got["statistic"], got["p"]) == pytest.approx((w.statistic, w.pvalue)) and got["note"] == ""
     none = stats.paired(ref, pd.Series({"z": 1.0}))
+    assert set(none) == set(got) and math.isnan(none["delta_ci_low"]) and math.isnan(none["statistic"])
     assert none["n_units"] == 0 and none["note"] == "no paired units" and math.isnan(none["delta"])
     assert math.isnan(none["p"]) and math.isnan(none["median_delta"])
 
@@ -199,6 +203,7 @@ def test_paired_and_compare_to_reference_on_the_units_both_configurations_have()
     assert [r["other"] for r in out] == ["good + dice", "bad + dice"] and {r["reference"] for r in out} == {"ref + dice"}
     same, worse = out
     assert same["p"] == 1.0 and same["note"] == "identical per-unit values" and not same["significant"]
+    assert same["statistic"] == 0.0 and same["delta"] == 0.0
     assert worse["delta"] == pytest.approx(np.mean(np.subtract(values["ref"], values["bad"])))
     assert worse["metric"] == "dice_pos" and (worse["model"], worse["loss"]) == ("bad", "dice")
     assert worse["p"] == pytest.approx(2 / 2 ** 8)          # exact signed-rank: all 8 differences positive
@@ -206,3 +211,21 @@ def test_paired_and_compare_to_reference_on_the_units_both_configurations_have()
     assert same["p_holm"] == 1.0
     assert stats.compare_to_reference(_rows(rows), list(cfg.values()), None) == []
     assert stats.compare_to_reference(_rows(rows), [cfg["ref"]], cfg["ref"]) == []
+    assert stats.compare_to_reference(_rows(rows).iloc[:0], list(cfg.values()), cfg["ref"]) == []
+    two = stats.compare_to_reference(_rows(rows), [cfg["ref"], cfg["bad"]], cfg["ref"])     # two: one comparison
+    assert len(two) == 1 and two[0]["p_holm"] == pytest.approx(2 / 2 ** 8) and two[0]["significant"] is True
+    # a configuration with no rows is compared on no units; another metric is read from its own column
+    absent = Config("ghost", "dice", [_run("g")])
+    out = stats.compare_to_reference(_rows(rows), [cfg["ref"], absent], cfg["ref"])
+    assert out[0]["n_units"] == 0 and out[0]["note"] == "no paired units" and math.isnan(out[0]["p_holm"])
+    with_iou = _rows(rows).assign(iou=lambda d: d["dice"] / 2)
+    out = stats.compare_to_reference(with_iou, list(cfg.values()), cfg["ref"], metric="iou")
+    assert out[1]["metric"] == "iou_pos"
+    assert out[1]["delta"] == pytest.approx(np.mean(np.subtract(values["ref"], values["bad"])) / 2)
+
+
+def test_holm_leaves_nan_as_nan_and_counts_only_real_p_values():
+    out = stats.holm([0.02, math.nan, 0.6, 0.01])
+    assert math.isnan(out[1]) and out[[0, 2, 3]] == pytest.approx([0.04, 0.6, 0.03])     # m = 3
+    assert out.dtype == float and stats.holm([math.nan]).dtype == float and math.isnan(stats.holm([math.nan])[0])
+    assert stats.holm([]).shape == (0,)
