@@ -97,6 +97,13 @@ def test_unit_slices_scale_each_slice_to_0_1_and_a_constant_slice_to_0():
     ({"elastic": -0.1}, "elastic=-0.1; expected a probability in [0, 1]"),
     ({"image_size": 4}, "image_size=4; expected an int >= 8"),
     ({"image_size": True}, "image_size=True; expected an int >= 8"),
+    ({"image_size": 32.0}, "image_size=32.0; expected an int >= 8"),
+    ({"vflip": 2}, "vflip=2; expected a probability in [0, 1]"),
+    ({"normalize": "fixed", "std": 0.5}, "normalize='fixed' needs mean and a positive std"),
+    ({"normalize": "fixed", "mean": 0.2}, "normalize='fixed' needs mean and a positive std"),
+    ({"normalize": "fixed", "mean": 0.2, "std": 0.0}, "got mean=0.2, std=0.0"),
+    ({"normalize": "fixed", "mean": 0.2, "std": -1.0}, "got mean=0.2, std=-1.0"),
+    ({"normalize": "minmax"}, "normalize='minmax'; expected one of"),
 ])
 def test_bad_options_are_refused_naming_them(kw, message):
     kw = {"image_size": 16, "train": True, **kw}
