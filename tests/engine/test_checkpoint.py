@@ -264,11 +264,23 @@ def test_load_refuses_pickled_code_naming_what_it_references_and_never_runs_it(t
     assert str(err.value).startswith(f"refusing checkpoint {bare}: it needs arbitrary pickled objects "
                                      "(a bare pickle, not a torch.save file)")
     assert not marker.exists()
-    # bytes that are no pickle at all are not called malicious
+    # bytes that are no pickle at all are not called malicious; the message says what the unpickler met
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00\x01 definitely not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError, match="^(not a PyTorch|corrupt or unreadable) checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError) as err:
         checkpoint.load(junk)
+    assert str(err.value) == f"not a PyTorch checkpoint: {junk} (Unsupported operand 0)"
+
+
+def test_load_stays_weights_only_when_the_environment_asks_torch_for_full_unpickling(tmp_path, monkeypatch):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns torch.load's default to full unpickling; only an explicit
+    weights_only=True resists it."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": {}, "config": {}, "x": _Touches(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="refusing checkpoint"):
+        checkpoint.load(tmp_path / "evil.pt")
+    assert not marker.exists()
 
 
 def test_load_puts_the_tensors_where_map_location_says(tmp_path):
