@@ -148,7 +148,8 @@ def test_best_and_last_payloads_hold_exactly_the_documented_keys_and_values():
     assert torch.equal(last["rng"]["loader"], gen.get_state())
     assert last["loop"] == loop and last["loop"] is not loop and last["history"] == history
     assert last["history"][0] is not history[0]                                     # copies, not the live objects
-    assert checkpoint.last_payload(net, {}, opt, None, scaler, loop, [], None, None)["scheduler"] is None
+    bare = checkpoint.last_payload(net, {}, opt, None, scaler, loop, [], None, None)   # a config without amp
+    assert bare["scheduler"] is None and bare["amp"] == "auto"
 
 
 def test_load_returns_the_dict_and_refuses_what_is_not_a_checkpoint_naming_the_file(tmp_path):
