@@ -85,6 +85,7 @@ COPY = ["seg", "tests", "conf", "experiments", "benchmarks", "pytest.ini", "run.
 # exit codes mutmut records per mutant
 # (a timeout counts as killed, as in mutmut's own score; "no tests" = no selected test reaches the mutant)
 KILLED = {1, 3, 24, -24, 152, 255, 36}
+TIMEOUT = {24, -24, 152, 255, 36}           # counted as killed, and shown apart
 SURVIVED = {0, 5, 33}
 
 
@@ -150,7 +151,7 @@ def results(name: str) -> dict | None:
     if not metas:
         return None
     equivalent = equivalent_names()
-    counts = {"killed": 0, "survived": 0, "equivalent": 0, "other": 0, "total": 0}
+    counts = {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "other": 0, "total": 0}
     survivors = []
     for meta in metas:
         data = json.loads(meta.read_text())
@@ -160,6 +161,7 @@ def results(name: str) -> dict | None:
             counts["total"] += 1
             if code in KILLED:
                 counts["killed"] += 1
+                counts["timeout"] += code in TIMEOUT
             elif code in SURVIVED:
                 if mutant in equivalent:
                     counts["equivalent"] += 1
@@ -182,7 +184,7 @@ def write_survivors(name: str, survivors: list[str]) -> None:
 
 
 def report(names: list[str]) -> str:
-    lines = ["| module | files | mutants | killed | survived | equivalent | other | score |",
+    lines = ["| module | files | mutants | killed (by timeout) | survived | equivalent | other | score |",
              "|---|---|---|---|---|---|---|---|"]
     for name in names:
         c = results(name)
@@ -192,7 +194,7 @@ def report(names: list[str]) -> str:
             continue
         judged = c["killed"] + c["survived"] + c["equivalent"]
         score = (c["killed"] + c["equivalent"]) / judged if judged else float("nan")
-        lines.append(f"| {name} | {files} | {c['total']} | {c['killed']} | {c['survived']} | {c['equivalent']} "
+        lines.append(f"| {name} | {files} | {c['total']} | {c['killed']} ({c['timeout']}) | {c['survived']} | {c['equivalent']} "
                      f"| {c['other']} | {score:.0%} |")
     return "\n".join(lines)
 
