@@ -251,11 +251,12 @@ class _Touches:
         return (os.mkdir, (str(self.marker),))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")      # torch notes the bare pickle's protocol 4
 def test_load_refuses_pickled_code_naming_what_it_references_and_never_runs_it(tmp_path):
     marker = tmp_path / "ran"
     zipped, bare = tmp_path / "evil.pt", tmp_path / "evil.pkl"
     torch.save({"state_dict": {}, "config": {}, "x": _Touches(marker)}, zipped)   # torch.save's zip format
-    bare.write_bytes(pickle.dumps({"state_dict": _Touches(marker)}, protocol=2))   # a bare pickle
+    bare.write_bytes(pickle.dumps({"state_dict": _Touches(marker)}, protocol=4))   # a bare pickle
     with pytest.raises(checkpoint.CheckpointError) as err:
         checkpoint.load(zipped)
     assert str(err.value).startswith(f"refusing checkpoint {zipped}: it needs arbitrary pickled objects "
