@@ -14,7 +14,7 @@ at 0.5 / argmax'ed.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Sequence
 
 import numpy as np
@@ -54,6 +54,21 @@ def _labels(out: torch.Tensor, out_size: tuple[int, int], num_classes: int, tta:
     return pred.to(torch.uint8).cpu().numpy()
 
 
+@contextmanager
+def _inference(net: torch.nn.Module, span: Span | None, images: int):
+    """The block of a prediction: the network in eval mode under torch.inference_mode, its training mode
+    restored after, and the block's time reported to `span` as "forward" for `images` images."""
+    start = time.perf_counter()
+    was_training = net.training
+    net.eval()
+    with torch.inference_mode():
+        yield
+    if was_training:
+        net.train()
+    if span is not None:
+        span("forward", start, time.perf_counter(), images)
+
+
 def predict_images(net: torch.nn.Module, images: np.ndarray, out_size: Sequence[int], device: torch.device,
                    dtype: torch.dtype | None, num_classes: int, batch_size: int = 16, tta: bool = False,
                    span: Span | None = None) -> np.ndarray:
@@ -64,19 +79,12 @@ def predict_images(net: torch.nn.Module, images: np.ndarray, out_size: Sequence[
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected an integer >= 1")
-    start = time.perf_counter()
-    was_training = net.training
-    net.eval()
     out_size = (int(out_size[0]), int(out_size[1]))
     labels = []
-    with torch.inference_mode():
+    with _inference(net, span, int(images.shape[0])):
         for i in range(0, images.shape[0], batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))            # (d, C, S, S)
             labels.append(_labels(_forward(net, x, device, dtype, num_classes, tta), out_size, num_classes, tta))
-    if was_training:
-        net.train()
-    if span is not None:
-        span("forward", start, time.perf_counter(), int(images.shape[0]))
     return np.concatenate(labels)
 
 
@@ -86,19 +94,12 @@ def predict_group(net: torch.nn.Module, images: Sequence[np.ndarray], out_sizes:
     """Several cases in one forward pass: images[i] float32 (D_i, C, S, S) -> label maps uint8
     (D_i, H0_i, W0_i) at out_sizes[i]. Same arithmetic per image as predict_images (the network in
     eval mode under inference_mode, then each case's outputs resized to its own size)."""
-    start = time.perf_counter()
-    was_training = net.training
-    net.eval()
     counts = [int(im.shape[0]) for im in images]
-    with torch.inference_mode():
+    with _inference(net, span, sum(counts)):
         x = torch.from_numpy(np.ascontiguousarray(np.concatenate(images)))                  # (sum D_i, C, S, S)
         out = _forward(net, x, device, dtype, num_classes, tta)
         labels = [_labels(part, (int(size[0]), int(size[1])), num_classes, tta)
                   for part, size in zip(torch.split(out, counts), out_sizes)]
-    if was_training:
-        net.train()
-    if span is not None:
-        span("forward", start, time.perf_counter(), sum(counts))
     return labels
 
 
