@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import pandas as pd
 
 from seg.report import stats
 from seg.report.render import Section, Table, finite, fmt, fmt_ci, fmt_p, signed
-from seg.report.runs import Config, _finite, seed_key
+from seg.report.runs import Config, seed_key
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,14 @@ ENSEMBLE = "ensemble"
 
 
 def fold_val(config: Config, fold: str, monitor: str) -> float:
-    """Mean over the fold's runs (its seeds) of best/<monitor>; NaN when none has it."""
-    values = [float(r.metrics[f"best/{monitor}"]) for r in config.runs
-              if r.fold == fold and _finite(r.metrics.get(f"best/{monitor}"))]
-    return sum(values) / len(values) if values else math.nan
+    """Mean over the fold's runs (its seeds) of best/<monitor> (Config.val of those runs); NaN when none has it."""
+    return replace(config, runs=[r for r in config.runs if r.fold == fold]).val(monitor)
 
 
 def fold_test(config: Config, fold: str, cases: pd.DataFrame, metric: str = "dice") -> float:
     """The fold's models' test metric: mean over the positive units (seeds of the fold averaged per unit)."""
     ids = {r.run_id for r in config.runs if r.fold == fold}
-    u = stats.unit_values(cases[cases["run_id"].isin(ids)], metric)
-    return float(u.loc[config.label, metric].mean()) if config.label in u.index.get_level_values(0) else math.nan
+    return float(_unit_series(cases[cases["run_id"].isin(ids)], config.label, metric).mean())
 
 
 def ensemble_frame(config: Config, uri: str, cache: bool = True) -> tuple[pd.DataFrame | None, str]:
@@ -61,6 +59,7 @@ def ensemble_frame(config: Config, uri: str, cache: bool = True) -> tuple[pd.Dat
 
 
 def _unit_series(cases: pd.DataFrame, label: str, metric: str = "dice") -> pd.Series:
+    """One configuration's per-unit values (stats.unit_values; seeds averaged), empty when it has none."""
     u = stats.unit_values(cases, metric)[metric]
     return u.loc[label] if label in u.index.get_level_values(0) else pd.Series(dtype=float)
 
