@@ -147,17 +147,12 @@ def machine_info() -> dict:
 
 def git_info() -> dict:
     """{"commit": HEAD's hash, "dirty": uncommitted changes to tracked files?} (empty outside a checkout)."""
-    def git(*args):
-        try:
-            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
+    from seg.tracking import git_output
 
-    commit = git("rev-parse", "HEAD")
+    commit = git_output("rev-parse", "HEAD")
     if commit is None:
         return {}
-    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {"commit": commit, "dirty": bool(git_output("status", "--porcelain", "--untracked-files=no"))}
 
 
 def loss_for(num_classes: int) -> Callable:

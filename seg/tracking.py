@@ -404,7 +404,8 @@ HEADLINE_PARAMS = {"model": "model.name", "loss": "loss.name", "dataset": "datas
 MACHINE_KEYS = ("paths.", "tracking.uri", "hydra.")
 
 
-def _git(*args: str) -> str | None:
+def git_output(*args: str) -> str | None:
+    """`git <args>` in the project checkout -> its stripped stdout; None when git fails or is absent."""
     import subprocess
 
     try:
@@ -427,12 +428,12 @@ def provenance_tags(device: Any = None, threads: int | None = None) -> dict[str,
 
     tags = {"mlflow.source.name": Path(sys.argv[0]).name or "python", "mlflow.source.type": "LOCAL",
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:5000], "host": socket.gethostname()}
-    commit = _git("rev-parse", "HEAD")
+    commit = git_output("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        status = git_output("status", "--porcelain", "--untracked-files=no")
         tags["git_dirty"] = "unknown" if status is None else str(bool(status)).lower()
-        branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+        branch = git_output("rev-parse", "--abbrev-ref", "HEAD")
         if branch:
             tags["mlflow.source.git.branch"] = branch
     try:
