@@ -1,7 +1,7 @@
 """`make bench-gpu`: the GPU path measured, on a CUDA machine (python -m benchmarks.gpu).
 
     python -m benchmarks.gpu                 # every part, ~5-8 min on one H100
-    python -m benchmarks.gpu --parts step    # step | train | predict, comma-separated
+    python -m benchmarks.gpu --parts step    # train | predict | step (run in that order), comma-separated
     python -m benchmarks.gpu --no-results    # outputs/bench/gpu.{json,md} only, RESULTS.md untouched
 
 Parts:
@@ -39,7 +39,7 @@ import torch
 from seg import PROJECT_ROOT as ROOT
 
 OUT = ROOT / "outputs" / "bench"
-PARTS = ("step", "train", "predict")
+PARTS = ("train", "predict", "step")        # the order they run in
 TRAIN_TOL = 0.05          # |Dice / IoU fp16 - fp32| after 3 epochs on the phantom
 GOALS = {"amp_speedup_unet": 2.0, "bf16_mfu": 0.40}
 
@@ -90,12 +90,13 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def part_step(quick: bool) -> dict:
+def part_step(quick: bool, device: str = "cuda", on_row=None) -> dict:
+    """The step table; `on_row(partial result)` after every row (main saves it, so a time limit keeps the rows)."""
     from benchmarks.run import MODELS, gpu_step, loss_for, matmul_gflops, preset, random_batch, train_flops
     from seg.config import build
 
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(0)
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else str(device)
     found = peak_for(name)
     card, peaks = found if found else (name, {})
     out = {"device": name, "card": card, "peaks_tflops": peaks, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
@@ -105,45 +106,57 @@ def part_step(quick: bool) -> dict:
     variants = [("fp32", None, False, False), ("fp16 AMP", torch.float16, False, False),
                 ("bf16 AMP", torch.bfloat16, False, False), ("bf16 AMP + channels_last", torch.bfloat16, True, False),
                 ("bf16 AMP + torch.compile", torch.bfloat16, False, True)]
+    setups, fp32 = {}, {}
     for model_name in MODELS:
         cfg = preset(model_name, "paper", extra=["device=cuda"])
         size, batch = int(cfg.dataset.image_size), int(cfg.trainer.batch_size)
         in_ch, n_cls = int(cfg.dataset.in_channels), int(cfg.dataset.num_classes)
         x, y = random_batch(1, in_ch, n_cls, size, device=device)
         flops = train_flops(build(cfg.model).to(device), x, y, loss_for(n_cls))
-        x, y = random_batch(batch, in_ch, n_cls, size, device=device)
-        fp32 = None
-        for label, dtype, channels_last, compiled in variants:
-            row = {"model": f"{model_name} paper", "variant": label, "size": size, "batch": batch,
-                   "train_gflops_per_img": flops / 1e9}
-            try:
-                torch.manual_seed(0)
-                model = build(cfg.model).to(device)
-                xv = x
-                if channels_last:
-                    model, xv = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-                if compiled:
-                    model = torch.compile(model)
-                start = time.perf_counter()
-                ips = gpu_step(model, xv, y, loss_for(n_cls), dtype, iters=5 if quick else 15,
-                               warmup=3 if compiled else 3)
-                achieved = ips * flops / 1e12                      # TFLOP/s
-                key = "fp32" if dtype is None else ("bf16" if dtype == torch.bfloat16 else "fp16")
-                peak = peaks.get("tf32" if key == "fp32" else key)
-                ceiling = out["matmul_fp32_tflops"] if dtype is None else out["matmul_bf16_tflops"]
-                fp32 = ips if dtype is None else fp32
-                row.update(img_per_s=ips, achieved_tflops=achieved, mfu=achieved / peak if peak else None,
-                           peak_tflops=peak, of_matmul=achieved / ceiling, speedup_vs_fp32=ips / fp32 if fp32 else None,
-                           seconds=time.perf_counter() - start)
-            except Exception as err:          # one variant failing (e.g. no compiler) does not end the part
-                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            out["rows"].append(row)
-            log(f"  {row['model']:16s} {label:26s} " + (
-                f"{row['img_per_s']:8.1f} img/s  x{row['speedup_vs_fp32'] or float('nan'):.2f} vs fp32  MFU "
-                f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else
-                f"{row['img_per_s']:8.1f} img/s" if "img_per_s" in row else row["error"]))
-            del model
-            torch.cuda.empty_cache()
+        setups[model_name] = (cfg, size, batch, n_cls, flops, *random_batch(batch, in_ch, n_cls, size, device=device))
+    # the eager variants of every model first, torch.compile (minutes of compiling) last
+    for phase in (False, True):
+        for model_name in MODELS:
+            cfg, size, batch, n_cls, flops, x, y = setups[model_name]
+            for label, dtype, channels_last, compiled in variants:
+                if compiled != phase:
+                    continue
+                row = {"model": f"{model_name} paper", "variant": label, "size": size, "batch": batch,
+                       "train_gflops_per_img": flops / 1e9}
+                model = None
+                try:
+                    torch.manual_seed(0)
+                    model = build(cfg.model).to(device)
+                    xv = x
+                    if channels_last:
+                        model, xv = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+                    if compiled:
+                        model = torch.compile(model)
+                    start = time.perf_counter()
+                    ips = gpu_step(model, xv, y, loss_for(n_cls), dtype, iters=5 if quick else 15, warmup=3)
+                    achieved = ips * flops / 1e12                      # TFLOP/s
+                    key = "fp32" if dtype is None else ("bf16" if dtype == torch.bfloat16 else "fp16")
+                    peak = peaks.get("tf32" if key == "fp32" else key)
+                    ceiling = out["matmul_fp32_tflops"] if dtype is None else out["matmul_bf16_tflops"]
+                    if dtype is None:
+                        fp32[model_name] = ips
+                    base = fp32.get(model_name)
+                    row.update(img_per_s=ips, achieved_tflops=achieved, mfu=achieved / peak if peak else None,
+                               peak_tflops=peak, of_matmul=achieved / ceiling,
+                               speedup_vs_fp32=ips / base if base else None, seconds=time.perf_counter() - start)
+                except Exception as err:          # one variant failing (e.g. no compiler) does not end the part
+                    row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                out["rows"].append(row)
+                log(f"  {row['model']:16s} {label:26s} " + (
+                    f"{row['img_per_s']:8.1f} img/s  x{row['speedup_vs_fp32'] or float('nan'):.2f} vs fp32  MFU "
+                    f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else
+                    f"{row['img_per_s']:8.1f} img/s" if "img_per_s" in row else row["error"]))
+                del model
+                torch.cuda.empty_cache()
+                if on_row is not None:
+                    on_row(out)
+    order = {f"{m} paper": i for i, m in enumerate(MODELS)}
+    out["rows"].sort(key=lambda r: (order[r["model"]], [v[0] for v in variants].index(r["variant"])))
     unet = {r["variant"]: r for r in out["rows"] if r["model"] == "unet paper" and "img_per_s" in r}
     out["amp_speedup_unet"] = (unet["fp16 AMP"]["img_per_s"] / unet["fp32"]["img_per_s"]
                                if "fp16 AMP" in unet and "fp32" in unet else None)
@@ -293,6 +306,14 @@ def write_md(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(res: dict, out: Path) -> str:
+    """gpu.json and gpu.md under `out` for the parts measured so far; returns the Markdown."""
+    (out / "gpu.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    md = write_md(res)
+    (out / "gpu.md").write_text(md)
+    return md
+
+
 def machine() -> dict:
     import datetime
     import platform
@@ -330,14 +351,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     res: dict = {"machine": machine(), "errors": {}}
     log("GPU benchmark on " + res["machine"]["device"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = write_results(res, args.out)
     with tempfile.TemporaryDirectory(prefix="segsweep-gpu-") as tmp:
+        # train and predict first (the fp16 path's correctness), then the step table; gpu.json / gpu.md are
+        # rewritten after every part, so a run stopped by a time limit keeps the parts it finished
         for part in PARTS:
             if part not in args.parts:
                 continue
             log(f"== {part}")
             try:
                 if part == "step":
-                    res["step"] = part_step(args.quick)
+                    res["step"] = part_step(args.quick, on_row=lambda step: (res.__setitem__("step", step),
+                                                                              write_results(res, args.out)))
                 elif part == "train":
                     res["train"] = part_train(Path(tmp))
                 else:
@@ -348,10 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 traceback.print_exc()
                 res["errors"][part] = f"{type(err).__name__}: {err}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    md = write_md(res)
-    (args.out / "gpu.md").write_text(md)
+            md = write_results(res, args.out)
     log("\n" + md)
     if args.results and set(PARTS) <= set(args.parts) and args.results.is_file():
         with args.results.open("a") as fh:
