@@ -103,9 +103,28 @@ def part_step(quick: bool, device: str = "cuda", on_row=None) -> dict:
            "matmul_bf16_tflops": matmul_gflops(8192, torch.bfloat16, device, repeats=5, window=0.25) / 1e3,
            "matmul_fp32_tflops": matmul_gflops(8192, torch.float32, device, repeats=5, window=0.25) / 1e3,
            "rows": []}
-    variants = [("fp32", None, False, False), ("fp16 AMP", torch.float16, False, False),
-                ("bf16 AMP", torch.bfloat16, False, False), ("bf16 AMP + channels_last", torch.bfloat16, True, False),
-                ("bf16 AMP + torch.compile", torch.bfloat16, False, True)]
+    if device.type == "cuda":
+        # the fp32 rows' convolutions run on TF32 tensor cores (cuDNN's default): their ceiling is the TF32 matmul
+        allowed = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            out["matmul_tf32_tflops"] = matmul_gflops(8192, torch.float32, device, repeats=5, window=0.25) / 1e3
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = allowed
+    # (label, autocast dtype, channels_last, torch.compile, batch: None = the preset's). channels_last is what
+    # training and seg.predict use on CUDA (memory_format=auto); contiguous rows are the layout before it.
+    variants = [("fp32", None, False, False, None), ("fp32 + channels_last", None, True, False, None),
+                ("fp16 AMP", torch.float16, False, False, None),
+                ("fp16 AMP + channels_last", torch.float16, True, False, None),
+                ("bf16 AMP", torch.bfloat16, False, False, None),
+                ("bf16 AMP + channels_last", torch.bfloat16, True, False, None),
+                # cuDNN's autotuner (torch.backends.cudnn.benchmark; training leaves it off: its choice of
+                # algorithm, and so the last bits of the weights, can differ between runs)
+                ("fp16 AMP + channels_last + cudnn.benchmark", torch.float16, True, False, None),
+                ("bf16 AMP + channels_last + cudnn.benchmark", torch.bfloat16, True, False, None),
+                ("bf16 AMP + channels_last + torch.compile", torch.bfloat16, True, True, None),
+                ("fp16 AMP + channels_last, batch 64", torch.float16, True, False, 64),
+                ("bf16 AMP + channels_last, batch 64", torch.bfloat16, True, False, 64)]
     setups, fp32 = {}, {}
     for model_name in MODELS:
         cfg = preset(model_name, "paper", extra=["device=cuda"])
@@ -113,17 +132,21 @@ def part_step(quick: bool, device: str = "cuda", on_row=None) -> dict:
         in_ch, n_cls = int(cfg.dataset.in_channels), int(cfg.dataset.num_classes)
         x, y = random_batch(1, in_ch, n_cls, size, device=device)
         flops = train_flops(build(cfg.model).to(device), x, y, loss_for(n_cls))
-        setups[model_name] = (cfg, size, batch, n_cls, flops, *random_batch(batch, in_ch, n_cls, size, device=device))
+        setups[model_name] = (cfg, size, batch, in_ch, n_cls, flops)
     # the eager variants of every model first, torch.compile (minutes of compiling) last
     for phase in (False, True):
         for model_name in MODELS:
-            cfg, size, batch, n_cls, flops, x, y = setups[model_name]
-            for label, dtype, channels_last, compiled in variants:
-                if compiled != phase:
-                    continue
+            cfg, size, preset_batch, in_ch, n_cls, flops = setups[model_name]
+            for label, dtype, channels_last, compiled, batch in variants:
+                if compiled != phase or (batch is not None and model_name != "unet"):
+                    continue                  # the batch-size rows: U-Net only
+                batch = batch or preset_batch
+                x, y = random_batch(batch, in_ch, n_cls, size, device=device)
                 row = {"model": f"{model_name} paper", "variant": label, "size": size, "batch": batch,
                        "train_gflops_per_img": flops / 1e9}
                 model = None
+                tune = torch.backends.cudnn.benchmark
+                torch.backends.cudnn.benchmark = "cudnn.benchmark" in label
                 try:
                     torch.manual_seed(0)
                     model = build(cfg.model).to(device)
@@ -137,8 +160,9 @@ def part_step(quick: bool, device: str = "cuda", on_row=None) -> dict:
                     achieved = ips * flops / 1e12                      # TFLOP/s
                     key = "fp32" if dtype is None else ("bf16" if dtype == torch.bfloat16 else "fp16")
                     peak = peaks.get("tf32" if key == "fp32" else key)
-                    ceiling = out["matmul_fp32_tflops"] if dtype is None else out["matmul_bf16_tflops"]
-                    if dtype is None:
+                    ceiling = (out.get("matmul_tf32_tflops", out["matmul_fp32_tflops"]) if dtype is None
+                               else out["matmul_bf16_tflops"])
+                    if dtype is None and not channels_last:
                         fp32[model_name] = ips
                     base = fp32.get(model_name)
                     row.update(img_per_s=ips, achieved_tflops=achieved, mfu=achieved / peak if peak else None,
@@ -146,23 +170,83 @@ def part_step(quick: bool, device: str = "cuda", on_row=None) -> dict:
                                speedup_vs_fp32=ips / base if base else None, seconds=time.perf_counter() - start)
                 except Exception as err:          # one variant failing (e.g. no compiler) does not end the part
                     row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                finally:
+                    torch.backends.cudnn.benchmark = tune
                 out["rows"].append(row)
                 log(f"  {row['model']:16s} {label:26s} " + (
                     f"{row['img_per_s']:8.1f} img/s  x{row['speedup_vs_fp32'] or float('nan'):.2f} vs fp32  MFU "
                     f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else
                     f"{row['img_per_s']:8.1f} img/s" if "img_per_s" in row else row["error"]))
-                del model
+                del model, x, y
                 torch.cuda.empty_cache()
                 if on_row is not None:
                     on_row(out)
     order = {f"{m} paper": i for i, m in enumerate(MODELS)}
     out["rows"].sort(key=lambda r: (order[r["model"]], [v[0] for v in variants].index(r["variant"])))
     unet = {r["variant"]: r for r in out["rows"] if r["model"] == "unet paper" and "img_per_s" in r}
-    out["amp_speedup_unet"] = (unet["fp16 AMP"]["img_per_s"] / unet["fp32"]["img_per_s"]
-                               if "fp16 AMP" in unet and "fp32" in unet else None)
+
+    def ratio(a: str, b: str) -> float | None:
+        return unet[a]["img_per_s"] / unet[b]["img_per_s"] if a in unet and b in unet else None
+
+    # the goal's ratio in the layout training uses on CUDA (amp=fp16 vs amp=off, both channels_last), and the
+    # same in the contiguous layout used before memory_format existed
+    out["amp_speedup_unet"] = ratio("fp16 AMP + channels_last", "fp32 + channels_last")
+    out["amp_speedup_unet_contiguous"] = ratio("fp16 AMP", "fp32")
+    out["amp_speedup_unet_vs_fp32_contiguous"] = ratio("fp16 AMP + channels_last", "fp32")
+    if device.type == "cuda":
+        try:
+            out["profile"] = profile_step(setups["unet"], torch.bfloat16, device)
+        except Exception as err:
+            out["profile"] = {"error": f"{type(err).__name__}: {err}"}
     bf16 = [r["mfu"] for r in out["rows"] if r["variant"].startswith("bf16") and r.get("mfu") is not None]
     out["best_bf16_mfu"] = max(bf16) if bf16 else None
     return out
+
+
+def profile_step(setup: tuple, dtype: torch.dtype, device: torch.device, steps: int = 5) -> dict:
+    """torch.profiler over `steps` training steps of one paper preset (autocast dtype, channels_last): the
+    GPU's busy share of the wall time and the operators that take its time, grouped by kind, to say where
+    the MFU goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.run import gpu_step, loss_for, random_batch
+    from seg.config import build
+
+    cfg, size, batch, in_ch, n_cls, flops = setup
+    model = build(cfg.model).to(device, memory_format=torch.channels_last)
+    x, y = random_batch(batch, in_ch, n_cls, size, device=device)
+    gpu_step(model, x, y, loss_for(n_cls), dtype, iters=3, warmup=2)              # warm cuDNN's choices
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        gpu_step(model, x, y, loss_for(n_cls), dtype, iters=steps, warmup=0)
+        wall = time.perf_counter() - start
+    from torch.autograd import DeviceType
+
+    events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    # the kernels themselves (device events): GPU time; the aten operators' self device time is the same time
+    # again, by the operator that launched it
+    total = sum(e.self_device_time_total for e in events
+                if getattr(e, "device_type", None) == DeviceType.CUDA) / 1e6     # seconds of kernel time
+    kinds = {"convolution": ("conv", "cudnn"), "matmul": ("mm", "addmm", "matmul", "linear", "bmm"),
+             "normalization": ("norm",), "attention": ("attention", "sdpa", "flash", "efficient")}
+
+    def kind(name: str) -> str:
+        low = name.lower()
+        return next((k for k, words in kinds.items() if any(w in low for w in words)), "elementwise / other")
+
+    by_kind: dict[str, float] = {}
+    for e in events:
+        if e.key.startswith("aten::"):
+            by_kind[kind(e.key)] = by_kind.get(kind(e.key), 0.0) + e.self_device_time_total / 1e6
+    ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: -e.self_device_time_total)
+    aten = sum(by_kind.values()) or float("nan")
+    return {"model": f"{cfg.model.name} paper", "dtype": str(dtype).removeprefix("torch."), "batch": batch,
+            "steps": steps, "wall_s": wall, "gpu_busy_share": min(total / wall, 1.0) if wall else None,
+            "kernel_s": total, "share_by_kind": {k: v / aten for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": e.key, "share": e.self_device_time_total / 1e6 / aten, "calls": e.count}
+                        for e in ops[:10]],
+            "table": prof.key_averages().table(sort_by="self_device_time_total", row_limit=25)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,25 +260,30 @@ def part_train(workdir: Path, epochs: int = 3) -> dict:
 
     out = {"dataset": "covid_infection (phantom)", "model": "unet", "profile": "cpu (96 px, batch 16)",
            "epochs": epochs, "tolerance": TRAIN_TOL, "runs": {}}
-    for amp in ("off", "fp16"):
-        overrides = ["model=unet", "profile=cpu", "device=cuda", f"amp={amp}", f"trainer.epochs={epochs}",
+    # amp off vs fp16 in training's CUDA layout (memory_format=auto: channels_last), and fp16 contiguous
+    for label, amp, layout in (("off", "off", "auto"), ("fp16", "fp16", "auto"), ("fp16 contiguous", "fp16", "contiguous")):
+        work = label.replace(" ", "_")
+        overrides = ["model=unet", "profile=cpu", "device=cuda", f"amp={amp}", f"memory_format={layout}",
+                     f"trainer.epochs={epochs}",
                      "trainer.early_stopping=0", "tracking.overlays=0", "tracking.log_model=false", "resume=false",
-                     f"tracking.uri=sqlite:///{workdir}/mlflow.db", f"paths.output={workdir}/out_{amp}",
-                     f"tracking.run_name=gpu-{amp}"]
+                     f"tracking.uri=sqlite:///{workdir}/mlflow.db", f"paths.output={workdir}/out_{work}",
+                     f"tracking.run_name=gpu-{work}"]
         cfg = compose(overrides)
         start = time.perf_counter()
         best = run(cfg)
         seconds = time.perf_counter() - start
-        cases = sorted((workdir / f"out_{amp}").rglob("cases.csv"))
-        ckpt = sorted((workdir / f"out_{amp}").rglob("best.pt"))
+        cases = sorted((workdir / f"out_{work}").rglob("cases.csv"))
+        ckpt = sorted((workdir / f"out_{work}").rglob("best.pt"))
         metrics = _case_means(cases[-1]) if cases else {}
-        out["runs"][amp] = {"best_val": best, "seconds": seconds, "test": metrics,
+        out["runs"][label] = {"best_val": best, "seconds": seconds, "test": metrics,
                             "checkpoint": str(ckpt[-1]) if ckpt else None}
-        log(f"  amp={amp}: best val/dice {best:.4f}, test " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        log(f"  {label}: best val/dice {best:.4f}, test " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             + f" ({seconds:.0f} s)")
     a, b = out["runs"]["off"]["test"], out["runs"]["fp16"]["test"]
     out["abs_diff"] = {k: abs(a[k] - b[k]) for k in ("dice", "iou") if k in a and k in b}
     out["match"] = bool(out["abs_diff"]) and all(v <= TRAIN_TOL for v in out["abs_diff"].values())
+    c = out["runs"]["fp16 contiguous"]["test"]
+    out["abs_diff_layout"] = {k: abs(b[k] - c[k]) for k in ("dice", "iou") if k in b and k in c}
     return out
 
 
@@ -265,8 +354,9 @@ def write_md(res: dict) -> str:
     if step and "rows" in step:
         lines += ["", f"Training step, paper presets (peaks: {step['card']}, "
                       + ", ".join(f"{k} {v:g}" for k, v in step["peaks_tflops"].items())
-                      + f" TFLOP/s dense; measured matmul ceiling bf16 {step['matmul_bf16_tflops']:.0f}, fp32 "
-                        f"{step['matmul_fp32_tflops']:.0f} TFLOP/s):", "",
+                      + f" TFLOP/s dense; measured 8192^3 matmul ceiling bf16 {step['matmul_bf16_tflops']:.0f}, "
+                        f"TF32 {_f(step.get('matmul_tf32_tflops'), '.0f')}, fp32 {step['matmul_fp32_tflops']:.0f} "
+                        "TFLOP/s; fp32 rows against TF32):", "",
                   "| model | variant | image | batch | img/s | vs fp32 | TFLOP/s | MFU (peak) | of matmul ceiling |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in step["rows"]:
@@ -279,23 +369,40 @@ def write_md(res: dict) -> str:
                              f"{_f(None if r['mfu'] is None else 100 * r['mfu'], '.1f')}% | "
                              f"{_f(100 * r['of_matmul'], '.0f')}% |")
         sp, mfu = step.get("amp_speedup_unet"), step.get("best_bf16_mfu")
-        lines += ["", f"fp16 AMP / fp32 on U-Net paper: **{_f(sp)}x** (goal >= {GOALS['amp_speedup_unet']:g}: "
+        lines += ["", f"fp16 AMP / fp32 on U-Net paper, both channels_last (training's CUDA layout): **{_f(sp)}x** "
+                      f"(contiguous: {_f(step.get('amp_speedup_unet_contiguous'))}x; fp16 channels_last / fp32 "
+                      f"contiguous: {_f(step.get('amp_speedup_unet_vs_fp32_contiguous'))}x) "
+                      f"(goal >= {GOALS['amp_speedup_unet']:g}: "
                       f"{'met' if sp and sp >= GOALS['amp_speedup_unet'] else 'missed'}); best bf16 MFU: "
                       f"**{_f(None if mfu is None else 100 * mfu, '.1f')}%** (goal >= {100 * GOALS['bf16_mfu']:.0f}%: "
                       f"{'met' if mfu and mfu >= GOALS['bf16_mfu'] else 'missed'}). fp32 rows: MFU against the TF32 "
                       "peak (cuDNN convolutions use TF32 by default)."]
+        prof = step.get("profile") or {}
+        if "share_by_kind" in prof:
+            lines += ["", f"Where the time goes (torch.profiler, {prof['model']} {prof['dtype']} AMP + channels_last, "
+                          f"batch {prof['batch']}, {prof['steps']} steps): GPU kernels busy "
+                          f"{_f(None if prof['gpu_busy_share'] is None else 100 * prof['gpu_busy_share'], '.0f')}% of "
+                          "the wall time; kernel time by operator kind: "
+                          + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prof["share_by_kind"].items())
+                          + "; top operators: " + ", ".join(f"`{o['op']}` {100 * o['share']:.0f}%"
+                                                            for o in prof["top_ops"][:6]) + "."]
+        elif prof.get("error"):
+            lines += ["", f"Profile failed: `{prof['error']}`"]
     train = res.get("train")
     if train and "runs" in train:
         lines += ["", f"seg.train.run, {train['dataset']}, {train['model']}, {train['profile']}, {train['epochs']} "
-                      "epochs, same seed, device=cuda:", "",
-                  "| amp | best val/dice | test Dice | test IoU | test HD95 | seconds |", "|---|---|---|---|---|---|"]
+                      "epochs, same seed, device=cuda (memory_format=auto: channels_last, unless the row says "
+                      "contiguous):", "",
+                  "| run | best val/dice | test Dice | test IoU | test HD95 | seconds |", "|---|---|---|---|---|---|"]
         for amp, r in train["runs"].items():
             t = r["test"]
             lines.append(f"| {amp} | {_f(r['best_val'], '.4f')} | {_f(t.get('dice'), '.4f')} | {_f(t.get('iou'), '.4f')} "
                          f"| {_f(t.get('hd95'), '.2f')} | {_f(r['seconds'], '.0f')} |")
         lines += ["", "fp16 vs fp32 test metrics: " + ", ".join(f"|{k}| difference {v:.4f}"
                                                                for k, v in train["abs_diff"].items())
-                  + f" (tolerance {train['tolerance']}: {'match' if train['match'] else '**no match**'})."]
+                  + f" (tolerance {train['tolerance']}: {'match' if train['match'] else '**no match**'})."
+                  + ("" if not train.get("abs_diff_layout") else " fp16 channels_last vs contiguous: "
+                     + ", ".join(f"|{k}| difference {v:.4f}" for k, v in train["abs_diff_layout"].items()) + ".")]
     pred = res.get("predict")
     if pred:
         lines += ["", ("seg.predict --device cuda: " + (f"{pred['images']} phantom PNGs in {pred['seconds']:.1f} s "

@@ -17,7 +17,7 @@ from seg import PROJECT_ROOT
 # and the report (seg.report.runs) does not split configurations on them. Paths and tracking are
 # machine-specific, the rest is sweep mechanics (each seed is its own run; `class_weights` reaches the
 # result through the loss node, which is hashed).
-HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "hydra", "resume", "debug", "n_jobs", "slurm",
+HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "memory_format", "hydra", "resume", "debug", "n_jobs", "slurm",
                  "seeds", "class_weights")
 
 # Keys that describe a node for humans and MLflow (run names, tags) and are not constructor arguments.

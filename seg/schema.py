@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from seg.runtime import AMP_MODES, MEMORY_FORMATS    # one list each: the config check and the runtime
+
 # the monitored validation metrics (higher is better); the loop selects the best epoch on one of them
 MONITORS = ("val/dice", "val/iou")
-AMP_MODES = ("auto", "fp16", "bf16", "off")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -63,6 +64,7 @@ RULES: tuple[Rule, ...] = (
     Rule("device", "str", pattern=_DEVICE),
     Rule("amp", "str", choices=AMP_MODES),
     Rule("threads", "int", 1, nullable=True),
+    Rule("memory_format", "str", choices=MEMORY_FORMATS, required=False),
     Rule("resume", "bool"),
     Rule("trainer.epochs", "int", 1),
     Rule("trainer.batch_size", "int", 1),

@@ -36,7 +36,7 @@ from seg.engine.inference import evaluate
 from seg.engine.loop import Fit, Hook, LoopState, NonFiniteWeightsError, fit
 from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
-from seg.runtime import amp_dtype, seed_everything, seed_worker, select_device, set_threads
+from seg.runtime import amp_dtype, memory_format, seed_everything, seed_worker, select_device, set_threads
 from seg.sweep import (HOST, config_hash, config_lock, holder_text, hydra_context, live_owner, plan_resume,
                        previous_runs, sweep_parent_id, write_job_status)
 from seg.tracking import (NOTE_TAG, Tracker, describe_experiment, kill_sweep_parent, log_dataset_input, log_pyfunc_model,
@@ -206,7 +206,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     log.info("data: %d training samples, %d val cases, %d test cases, structures %s",
              len(data.train), len(data.val), len(data.test), data.class_names)
 
-    model = build(cfg.model).to(device)
+    model = build(cfg.model).to(device, memory_format=memory_format(cfg.get("memory_format", "auto"), device))
     loss_fn = build(cfg.loss).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     scheduler = build(cfg.scheduler, optimizer=optimizer)

@@ -299,7 +299,13 @@ def test_gpu_report_renders_its_parts():
     res = {"machine": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8", "cudnn": 91000,
                        "python": "3.11", "commit": "abcdef1234567890", "date_utc": "2026-11-26 18:00 UTC"},
            "step": {"card": "NVIDIA H100 SXM", "peaks_tflops": {"bf16": 989.4}, "matmul_bf16_tflops": 700.0,
-                    "matmul_fp32_tflops": 50.0, "amp_speedup_unet": 2.5, "best_bf16_mfu": 0.3,
+                    "matmul_fp32_tflops": 50.0, "matmul_tf32_tflops": 300.0, "amp_speedup_unet": 2.5,
+                    "amp_speedup_unet_contiguous": 1.4, "amp_speedup_unet_vs_fp32_contiguous": 2.3,
+                    "best_bf16_mfu": 0.3,
+                    "profile": {"model": "unet paper", "dtype": "bfloat16", "batch": 16, "steps": 5, "wall_s": 0.1,
+                                "gpu_busy_share": 0.8, "kernel_s": 0.08,
+                                "share_by_kind": {"convolution": 0.6, "normalization": 0.25, "elementwise / other": 0.15},
+                                "top_ops": [{"op": "aten::convolution_backward", "share": 0.4, "calls": 90}]},
                     "rows": [{"model": "unet paper", "variant": "bf16 AMP", "size": 256, "batch": 16,
                               "img_per_s": 1000.0, "speedup_vs_fp32": 2.4, "achieved_tflops": 288.5,
                               "mfu": 0.2916, "of_matmul": 0.41}]},
@@ -307,13 +313,20 @@ def test_gpu_report_renders_its_parts():
                      "tolerance": 0.05, "abs_diff": {"dice": 0.01, "iou": 0.012}, "match": True,
                      "runs": {"off": {"best_val": 0.5, "seconds": 20.0, "test": {"dice": 0.6, "iou": 0.45, "hd95": 9.0}},
                               "fp16": {"best_val": 0.51, "seconds": 15.0,
-                                       "test": {"dice": 0.61, "iou": 0.462, "hd95": 8.5}}}},
+                                       "test": {"dice": 0.61, "iou": 0.462, "hd95": 8.5}}},
+                     "abs_diff_layout": {"dice": 0.002}},
            "predict": {"images": 64, "seconds": 8.0, "img_per_s": 8.0, "returncode": 0, "files_written": 129},
            "errors": {}}
     md = write_md(res)
     assert "NVIDIA H100 80GB HBM3, torch 2.13.0, CUDA 12.8" in md and "commit abcdef123456" in md
     assert "| unet paper | bf16 AMP | 256 | 16 | 1000.0 | 2.40 | 288.5 | 29.2% | 41% |" in md
-    assert "fp16 AMP / fp32 on U-Net paper: **2.50x** (goal >= 2: met); best bf16 MFU: **30.0%** (goal >= 40%: missed)" in md
+    assert ("fp16 AMP / fp32 on U-Net paper, both channels_last (training's CUDA layout): **2.50x** (contiguous: "
+            "1.40x; fp16 channels_last / fp32 contiguous: 2.30x) (goal >= 2: met); best bf16 MFU: **30.0%** "
+            "(goal >= 40%: missed)") in md
+    assert "ceiling bf16 700, TF32 300, fp32 50 TFLOP/s" in md
+    assert ("GPU kernels busy 80% of the wall time; kernel time by operator kind: convolution 60%, normalization 25%, "
+            "elementwise / other 15%; top operators: `aten::convolution_backward` 40%.") in md
+    assert "fp16 channels_last vs contiguous: |dice| difference 0.0020." in md
     assert "| fp16 | 0.5100 | 0.6100 | 0.4620 | 8.50 | 15 |" in md and "(tolerance 0.05: match)" in md
     assert "64 phantom PNGs in 8.0 s" in md
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from seg.runtime import amp_dtype, seed_everything, select_device, set_threads
+from seg.runtime import amp_dtype, memory_format, seed_everything, select_device, set_threads
 
 
 def test_select_device_cpu_and_auto():
@@ -41,6 +41,19 @@ def test_amp_dtype_rule(mode, cpu, cuda):
 def test_amp_dtype_refuses_unknown_modes():
     with pytest.raises(ValueError, match=r"amp='fp8'; allowed values: auto, fp16, bf16, off"):
         amp_dtype("fp8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mode,cpu,cuda", [("auto", torch.contiguous_format, torch.channels_last),
+                                           ("channels_last", torch.channels_last, torch.channels_last),
+                                           ("contiguous", torch.contiguous_format, torch.contiguous_format)])
+def test_memory_format_rule(mode, cpu, cuda):
+    assert memory_format(mode, torch.device("cpu")) is cpu
+    assert memory_format(mode, torch.device("cuda")) is cuda
+
+
+def test_memory_format_refuses_unknown_modes():
+    with pytest.raises(ValueError, match=r"memory_format='nhwc'; allowed values: auto, channels_last, contiguous"):
+        memory_format("nhwc", torch.device("cpu"))
 
 
 def test_seed_everything_repeats_every_stream_and_threads_are_set():

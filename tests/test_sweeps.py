@@ -77,7 +77,8 @@ def test_weighted_ce_of_the_acdc_study_takes_its_class_weights():
 def test_config_hash_ignores_sweep_mechanics_not_settings():
     base = ["model=unet", "loss=dice"]
     h = lambda o: config_hash(compose_resolved(base + o), [])
-    assert h([]) == h(["resume=false", "debug.sigterm_after_epoch=2", "threads=1", "device=cpu"])
+    assert h([]) == h(["resume=false", "debug.sigterm_after_epoch=2", "threads=1", "device=cpu",
+                       "memory_format=channels_last"])
     assert h([]) != h(["seed=1"]) and h([]) != h(["optimizer.lr=0.01"]) and h([]) != h(["trainer.epochs=3"])
     assert {"resume", "debug", "threads", "seeds"} <= set(HASH_EXCLUDED)
 

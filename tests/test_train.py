@@ -61,7 +61,9 @@ def _run(args: list[str], tmp_path: Path, phantom_cache: Path) -> subprocess.Com
 
 
 def test_tiny_multirun_logs_finished_runs(tmp_path, seeded_store, phantom_cache):
-    proc = _run(["-m", "model=unet,transunet", "loss=dice", *TINY], tmp_path, phantom_cache)
+    # memory_format=channels_last: CUDA's default layout (memory_format=auto), here through both model families
+    proc = _run(["-m", "model=unet,transunet", "loss=dice", "memory_format=channels_last", *TINY], tmp_path,
+                phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [r for r in search_runs(f"sqlite:///{tmp_path}/mlflow.db", "phantom_xray")
             if r.data.tags.get("segsweep.parent") != "true"]
@@ -81,6 +83,10 @@ def test_tiny_multirun_logs_finished_runs(tmp_path, seeded_store, phantom_cache)
         assert (artifacts / "checkpoints" / "best.pt").is_file() and list((artifacts / "overlays").glob("*.png"))
         ckpt = torch.load(artifacts / "checkpoints" / "best.pt", weights_only=True)
         assert ckpt["config"]["model"]["name"] == tags["model"] and "state_dict" in ckpt
+        convs = [w for w in ckpt["state_dict"].values() if w.dim() == 4 and w.shape[1] > 1 and w.shape[2] > 1]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                             for w in convs)          # the network trained in the layout asked for
+        assert params["memory_format"] == "channels_last"
 
 
 @pytest.mark.slow   # a full sweep of subprocess runs: make test-all

@@ -17,7 +17,7 @@ from seg.data.base import Reader
 from seg.data.datasets import UnknownDataset, predict_reader
 from seg.data.transforms import transforms_pair
 from seg.engine import checkpoint
-from seg.runtime import amp_dtype
+from seg.runtime import amp_dtype, memory_format
 
 log = logging.getLogger("seg.predict")
 
@@ -97,7 +97,8 @@ def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Mode
     if len(names) != max(num_classes - 1, 1):
         raise ModelError(f"{source}: {num_classes} classes in the config but the {reader.name} reader names "
                          f"{len(names)} structure(s) ({', '.join(names)})")
-    return Model(net.to(device).eval(), config, num_classes, image_size, names, reader, source, transform, amp, dtype)
+    net = net.to(device, memory_format=memory_format("auto", device))   # channels_last on CUDA
+    return Model(net.eval(), config, num_classes, image_size, names, reader, source, transform, amp, dtype)
 
 
 def best_run(uri: str, experiment: str, metric: str):
