@@ -66,18 +66,20 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return choices[mode]
 
 
-def memory_format(mode: str, device: torch.device) -> torch.memory_format:
-    """memory_format: auto (channels_last on CUDA, contiguous elsewhere) | channels_last | contiguous.
+def memory_format(mode: str, device: torch.device, model: torch.nn.Module | None = None) -> torch.memory_format:
+    """memory_format: auto | channels_last | contiguous -> the layout the network's weights are stored in.
 
-    The network's weights are stored in this layout (`model.to(memory_format=...)`); convolutions then run
-    channels_last (NHWC) from the first layer on, inputs included. On CUDA tensor cores that is the layout
-    cuDNN's fast kernels use (benchmarks/gpu.py: bf16 U-Net paper 383 -> 666 img/s on an H100); on CPU it
-    is left off by default. A layout, not a setting of the result: not part of config_hash.
+    auto: channels_last on CUDA for a model whose class says `prefers_channels_last = True` (U-Net and
+    ResU-Net: conv + BatchNorm have NHWC kernels; fp16 AMP U-Net paper 401 -> 648 img/s on an H100,
+    benchmarks/RESULTS.md), contiguous for the others (TransUNet: GroupNorm and the ViT are slower in NHWC,
+    167 -> 116 img/s) and everywhere off CUDA. With the weights channels_last, convolutions run NHWC from the
+    first layer on, inputs included. A layout, not a setting of the result: not part of config_hash.
     """
     if mode not in MEMORY_FORMATS:
         raise ValueError(f"memory_format={mode!r}; allowed values: {', '.join(MEMORY_FORMATS)}")
     if mode == "auto":
-        mode = "channels_last" if device.type == "cuda" else "contiguous"
+        prefers = bool(getattr(model, "prefers_channels_last", False))
+        mode = "channels_last" if device.type == "cuda" and prefers else "contiguous"
     return torch.channels_last if mode == "channels_last" else torch.contiguous_format
 
 

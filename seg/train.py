@@ -206,7 +206,8 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     log.info("data: %d training samples, %d val cases, %d test cases, structures %s",
              len(data.train), len(data.val), len(data.test), data.class_names)
 
-    model = build(cfg.model).to(device, memory_format=memory_format(cfg.get("memory_format", "auto"), device))
+    model = build(cfg.model)
+    model = model.to(device, memory_format=memory_format(cfg.get("memory_format", "auto"), device, model))
     loss_fn = build(cfg.loss).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     scheduler = build(cfg.scheduler, optimizer=optimizer)

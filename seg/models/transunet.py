@@ -265,6 +265,10 @@ class TransUNet(nn.Module):
             The official JAX .npz release is not read: convert it to a state_dict first.
     """
 
+    # memory_format=auto keeps it contiguous: GroupNorm and the ViT's token reshapes are slower in NHWC
+    # (H100, paper preset: fp16 AMP 167 -> 116 img/s channels_last; benchmarks/RESULTS.md, GPU section)
+    prefers_channels_last = False
+
     def __init__(self, in_channels: int = 1, num_classes: int = 1, img_size: int = 224,
                  base_width: int = 64, resnet_layers: Sequence[int] = (3, 4, 9),
                  hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12,

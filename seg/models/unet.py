@@ -51,6 +51,10 @@ class UNet(nn.Module):
         dropout: Dropout2d probability after every double conv, in [0, 1); 0 disables.
     """
 
+    # memory_format=auto stores it channels_last on CUDA: conv + BatchNorm have NHWC kernels (H100, paper
+    # preset: fp16 AMP 401 -> 648 img/s; benchmarks/RESULTS.md, GPU section)
+    prefers_channels_last = True
+
     def __init__(self, in_channels: int = 1, num_classes: int = 1, base_width: int = 64,
                  depth: int = 4, dropout: float = 0.0):
         super().__init__()
