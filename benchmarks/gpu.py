@@ -1,24 +1,27 @@
 """`make bench-gpu`: the GPU path measured, on a CUDA machine (python -m benchmarks.gpu).
 
-    python -m benchmarks.gpu                 # every part, ~5-8 min on one H100
+    python -m benchmarks.gpu                 # every part: 5.5 min on one H100 (2026-11-26)
     python -m benchmarks.gpu --parts step    # train | predict | step (run in that order), comma-separated
     python -m benchmarks.gpu --no-results    # outputs/bench/gpu.{json,md} only, RESULTS.md untouched
 
-Parts:
-  step     paper presets (256 px, the paper profile's batch 16) of U-Net, ResU-Net and TransUNet: forward +
-           loss + backward + Adam img/s in fp32, fp16 AMP (GradScaler), bf16 AMP, bf16 + channels_last and
-           bf16 + torch.compile; MFU = achieved training FLOP/s (torch.utils.flop_counter) / the card's
-           peak dense tensor throughput for that dtype (PEAKS, by device name; fp32 rows against the TF32
-           peak, since cuDNN convolutions use TF32 by default), and against the measured matmul ceiling.
-           Goals (issue 17): fp16 AMP >= 2x fp32 on U-Net paper; bf16 MFU >= 40%.
+Parts (run in this order; gpu.json / gpu.md are rewritten after each part and each step row):
   train    seg.train.run on the embedded phantom (covid_infection, cpu profile sizes: 96 px), 3 epochs,
-           device=cuda, amp=off (fp32) and amp=fp16, same seed: both test metrics, and whether they agree
-           within TRAIN_TOL (Dice / IoU, absolute).
+           device=cuda, same seed: amp=off and amp=fp16 in training's CUDA layout (memory_format=auto), and
+           fp16 contiguous: the test metrics, and whether fp16 and fp32 agree within TRAIN_TOL (Dice / IoU).
   predict  python -m seg.predict on CUDA with the fp16 run's best checkpoint on the phantom's test PNGs
            (--device cuda): img/s end to end, outputs written.
+  step     paper presets (256 px, the paper profile's batch 16) of U-Net, ResU-Net and TransUNet: forward +
+           loss + backward + Adam img/s in fp32, fp16 AMP (GradScaler) and bf16 AMP, each contiguous and
+           channels_last, with cuDNN's autotuner, bf16 + channels_last + torch.compile, and U-Net at batch 64;
+           MFU = achieved training FLOP/s (torch.utils.flop_counter) / the card's peak dense tensor throughput
+           for that dtype (PEAKS, by device name; fp32 rows against the TF32 peak, since cuDNN convolutions use
+           TF32 by default), and against the measured matmul ceiling; then a torch.profiler breakdown of the
+           U-Net bf16 channels_last step (GPU busy share, kernel time by operator kind).
+           Goals (issue 17): fp16 AMP >= 2x fp32 on U-Net paper; bf16 MFU >= 40%.
 
-Writes outputs/bench/gpu.json and gpu.md; after a run with every part, appends gpu.md as a section to
-benchmarks/RESULTS.md (card, versions, commit). Without CUDA it prints why and exits with status 0,
+Writes outputs/bench/gpu.json and gpu.md; after a run with every part, gpu.md becomes the GPU section at the
+end of benchmarks/RESULTS.md (card, versions, commit; it replaces the previous one, and `make bench` on a
+machine without CUDA keeps it). Without CUDA it prints why and exits with status 0,
 measuring and writing nothing (benchmarks.run's section 8 says the same in bench.md).
 """
 from __future__ import annotations
@@ -346,10 +349,10 @@ def _f(value, fmt: str = ".2f") -> str:
 
 def write_md(res: dict) -> str:
     m = res.get("machine", {})
-    lines = ["## GPU (benchmarks/gpu.py)", "",
+    lines = [GPU_HEADING, "",
              f"{m.get('device', '?')}, torch {m.get('torch', '?')}, CUDA {m.get('cuda', '?')}, cuDNN "
              f"{m.get('cudnn', '?')}, Python {m.get('python', '?')}; commit {(m.get('commit') or '?')[:12]}; "
-             f"{m.get('date_utc', '?')}."]
+             f"{m.get('date_utc', '?')}."] + (["", m["note"]] if m.get("note") else [])
     step = res.get("step")
     if step and "rows" in step:
         lines += ["", f"Training step, paper presets (peaks: {step['card']}, "
@@ -421,6 +424,22 @@ def write_results(res: dict, out: Path) -> str:
     return md
 
 
+GPU_HEADING = "## GPU (benchmarks/gpu.py)"
+
+
+def gpu_section(text: str) -> str | None:
+    """The GPU section of a RESULTS.md text (from its heading to the end), or None."""
+    at = text.find(GPU_HEADING)
+    return None if at < 0 else text[at:].rstrip() + "\n"
+
+
+def with_gpu_section(text: str, section: str) -> str:
+    """RESULTS.md text with its GPU section (the file's last) replaced by `section`, or `section` appended."""
+    at = text.find(GPU_HEADING)
+    head = (text if at < 0 else text[:at]).rstrip()
+    return head + "\n\n" + section.rstrip() + "\n"
+
+
 def machine() -> dict:
     import datetime
     import platform
@@ -484,9 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             md = write_results(res, args.out)
     log("\n" + md)
     if args.results and set(PARTS) <= set(args.parts) and args.results.is_file():
-        with args.results.open("a") as fh:
-            fh.write("\n" + md)
-        log(f"appended the GPU section to {args.results}")
+        args.results.write_text(with_gpu_section(args.results.read_text(), md))
+        log(f"wrote the GPU section of {args.results}")
     return 1 if res["errors"] else 0
 
 
