@@ -240,12 +240,21 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
 
     hooks = [saver, logger, SigtermAfterEpoch(cfg.debug.sigterm_after_epoch),
              NanLossAtEpoch(cfg.debug.get("nan_loss_at_epoch")), *extra_hooks]
-    state = fit(Fit(model=model, loader=loader, val_cases=data.val, class_names=data.class_names, loss_fn=loss_fn,
-                    optimizer=optimizer, scheduler=scheduler, scaler=scaler, device=device, dtype=dtype,
-                    num_classes=num_classes, epochs=int(t.epochs), monitor=t.monitor, accumulate=int(t.accumulate),
-                    grad_clip=t.grad_clip, limit_batches=t.limit_train_batches,
-                    early_stopping=int(t.early_stopping or 0), val_every=int(t.get("val_every") or 1),
-                    state=state, hooks=hooks))
+    try:
+        state = fit(Fit(model=model, loader=loader, val_cases=data.val, class_names=data.class_names,
+                        loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler, device=device,
+                        dtype=dtype, num_classes=num_classes, epochs=int(t.epochs), monitor=t.monitor,
+                        accumulate=int(t.accumulate), grad_clip=t.grad_clip, limit_batches=t.limit_train_batches,
+                        early_stopping=int(t.early_stopping or 0), val_every=int(t.get("val_every") or 1),
+                        state=state, hooks=hooks))
+    except BaseException:
+        # killed or failed mid-fit: the checkpoint written in the background is finished before the run is
+        # recorded (last.pt is what a resume reads); a write error of its own is logged, the first one raised
+        try:
+            saver.flush()
+        except Exception:
+            log.exception("writing the last checkpoint failed as well")
+        raise
     if state.steps == 0 or not saver.best.is_file():
         raise RuntimeError("the run took no optimizer step (check trainer.limit_train_batches and the training "
                            "set): nothing was trained, so it is not recorded as FINISHED")

@@ -54,8 +54,11 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
                    ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"],
                    [f"seg.engine.checkpoint.x_{f}*" for f in ("best_payload", "last_payload", "nonfinite", "load",
                                                               "_upgrade", "resume_state")]),
-    "checkpointer": (["seg/engine/hooks.py"], ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"],
-                     ["seg.engine.hooks.xǁCheckpointerǁon_checkpoint*"]),
+    # the Checkpointer (writes in a background thread: on_checkpoint, _write, flush, clean) and the snapshot
+    # of the payloads it hands to that thread
+    "checkpointer": (["seg/engine/hooks.py", "seg/engine/checkpoint.py"],
+                     ["tests/engine/test_checkpoint.py", "tests/engine/test_loop.py"],
+                     ["seg.engine.hooks.xǁCheckpointerǁ*", "seg.engine.checkpoint.x_snapshot*"]),
     # the selection rules fit applies (best epoch, stale count, early stopping, which epochs validate); the rest
     # of fit (about 450 mutants at ~15 s each, every one a short training run) is left to tests/engine/test_loop.py
     "loop": (["seg/engine/loop.py"], ["tests/engine/test_loop.py"],

@@ -20,12 +20,14 @@ from a stored config only through `seg.models.build_model` (a closed allowlist o
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
 import random
 import re
 import signal
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -185,6 +187,22 @@ def last_payload(model: nn.Module, config: dict, optimizer, scheduler, scaler, l
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict(), "rng": rng_state(loader_generator, dataset),
             "loop": dict(loop), "history": [dict(h) for h in history]}
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a payload that training can no longer change: every tensor copied to the CPU (its layout
+    kept), dicts / lists / tuples rebuilt (a state_dict's `_metadata` kept), other values shared (ints,
+    floats, strings: immutable). What the Checkpointer hands to its writer thread."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = (OrderedDict if isinstance(obj, OrderedDict) else dict)((k, snapshot(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):               # a module state_dict's per-module versions
+            out._metadata = copy.deepcopy(obj._metadata)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
 
 
 # ---------------------------------------------------------------------------------------------

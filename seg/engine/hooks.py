@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -19,6 +20,13 @@ class Checkpointer(Hook):
     """Writes best.pt when the monitored value improved and last.pt after every epoch, atomically
     (the previous last.pt kept as last.prev.pt). Schema: seg.engine.checkpoint.
 
+    The files are written by a background thread while the next epoch trains: on_checkpoint takes a CPU
+    snapshot of the payloads (checkpoint.snapshot: training can no longer change them), waiting first for
+    the previous write, so one write at a time and in order. `flush()` waits for the write in flight and
+    raises its error, if any (a failed write fails the run, one epoch later at the latest); fit's end,
+    clean() and seg.train (also when fit raises: a KILLED or FAILED run keeps its last.pt) call it before
+    anything reads or removes the files.
+
     supersedes: the checkpoint folder of the unfinished run this one resumes (another output dir): once this
     run has written its own last.pt, the old last.pt / last.prev.pt there are removed (nothing resumes from
     them any more; best.pt and set-aside *.damaged files stay)."""
@@ -31,6 +39,8 @@ class Checkpointer(Hook):
         self.generator = loader_generator
         self.dataset = dataset
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     @property
     def best(self) -> Path:
@@ -41,24 +51,47 @@ class Checkpointer(Hook):
         return self.folder / checkpoint.LAST
 
     def on_checkpoint(self, ctx: Fit, improved: bool) -> None:
+        self.flush()
         st = ctx.state
+        writes = []
         if improved:
-            checkpoint.save_atomic(checkpoint.best_payload(ctx.model, self.config, st.best_epoch, ctx.monitor, st.best),
-                                   self.best)
-        checkpoint.save_atomic(checkpoint.last_payload(ctx.model, self.config, ctx.optimizer, ctx.scheduler,
-                                                       ctx.scaler, st.loop_dict(), st.history, self.generator,
-                                                       self.dataset),
-                               self.last, keep_previous=self.folder / checkpoint.PREV)
-        old = self.supersedes
-        if old is not None and old.resolve() != self.folder.resolve():
-            for name in (checkpoint.LAST, checkpoint.PREV):
-                if (old / name).exists():
-                    (old / name).unlink(missing_ok=True)
-                    log.info("removed %s: superseded by %s", old / name, self.last)
-        self.supersedes = None
+            writes.append((checkpoint.best_payload(ctx.model, self.config, st.best_epoch, ctx.monitor, st.best),
+                           self.best, None))
+        writes.append((checkpoint.last_payload(ctx.model, self.config, ctx.optimizer, ctx.scheduler, ctx.scaler,
+                                               st.loop_dict(), st.history, self.generator, self.dataset),
+                       self.last, self.folder / checkpoint.PREV))
+        writes = [(checkpoint.snapshot(payload), path, prev) for payload, path, prev in writes]
+        old, self.supersedes = self.supersedes, None
+        self._writer = threading.Thread(target=self._write, args=(writes, old), name="segsweep-checkpoint")
+        self._writer.start()
+
+    def _write(self, writes: list, old: Path | None) -> None:
+        try:
+            for payload, path, prev in writes:
+                checkpoint.save_atomic(payload, path, keep_previous=prev)
+            if old is not None and old.resolve() != self.folder.resolve():
+                for name in (checkpoint.LAST, checkpoint.PREV):
+                    if (old / name).exists():
+                        (old / name).unlink(missing_ok=True)
+                        log.info("removed %s: superseded by %s", old / name, self.last)
+        except BaseException as err:          # raised in the training thread by flush()
+            self._error = err
+
+    def flush(self) -> None:
+        """Wait for the write in flight; raise its error, if it failed."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def on_fit_end(self, ctx: Fit) -> None:
+        self.flush()
 
     def clean(self) -> None:
         """Remove last.pt / last.prev.pt (only needed to resume an unfinished run)."""
+        self.flush()
         for name in (checkpoint.LAST, checkpoint.PREV):
             (self.folder / name).unlink(missing_ok=True)
 

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from seg.data.transforms import PairedDataset, build_transforms
 from seg.engine import checkpoint
@@ -224,11 +225,13 @@ def test_checkpointer_keeps_the_previous_last_holds_every_resume_state_and_drops
                           state=state, monitor="val/dice")
     state.epoch, state.best, state.best_epoch = 0, 0.5, 0
     saver.on_checkpoint(ctx, improved=True)
+    saver.flush()                                               # the background write finished
     # the resumed-from run's last.pt / last.prev.pt are gone once this run has its own; its best.pt stays
     assert not (old / "last.pt").exists() and not (old / "last.prev.pt").exists() and (old / "best.pt").exists()
     first = checkpoint.load(saver.last)
     state.epoch = 1
     saver.on_checkpoint(ctx, improved=False)
+    saver.flush()
     prev = checkpoint.load(saver.folder / "last.prev.pt")
     assert prev["epoch"] == 0 and checkpoint.load(saver.last)["epoch"] == 1 == checkpoint.load(saver.last)["loop"]["epoch"]
     assert checkpoint.load(saver.best)["epoch"] == 0            # not improved: best.pt untouched
@@ -238,7 +241,69 @@ def test_checkpointer_keeps_the_previous_last_holds_every_resume_state_and_drops
         data.transform.random_generator.bit_generator.state
     same = Checkpointer(tmp_path / "ckpt", {"amp": "off"}, gen, data, supersedes=tmp_path / "ckpt")
     same.on_checkpoint(ctx, improved=False)                     # resuming in its own folder deletes nothing
+    same.flush()
     assert saver.last.exists() and (saver.folder / "last.prev.pt").exists()
+
+
+def test_the_checkpoint_written_in_the_background_is_the_epochs_snapshot_and_a_failed_write_fails(
+        tmp_path, monkeypatch):
+    """on_checkpoint returns while the files are still being written; training changing the weights meanwhile
+    does not reach them (the payload is a CPU snapshot); flush() waits, and raises a write's error once."""
+    import threading
+    from types import SimpleNamespace
+
+    from seg.engine import hooks
+    from seg.engine.loop import LoopState
+
+    net, opt = _tiny()
+    saver = hooks.Checkpointer(tmp_path / "ckpt", {"amp": "off"}, None)
+    state = LoopState()
+    state.epoch, state.best, state.best_epoch = 0, 0.5, 0
+    ctx = SimpleNamespace(model=net, optimizer=opt, scheduler=None, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                          state=state, monitor="val/dice")
+    real, gate = checkpoint.save_atomic, threading.Event()
+
+    def held(obj, path, keep_previous=None):
+        assert gate.wait(10)
+        return real(obj, path, keep_previous)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", held)
+    epoch_weights = {k: v.clone() for k, v in net.state_dict().items()}
+    saver.on_checkpoint(ctx, improved=True)
+    assert not saver.best.exists() and not saver.last.exists()     # still being written
+    with torch.no_grad():                                         # the next epoch trains on
+        for p in net.parameters():
+            p.add_(1.0)
+    gate.set()
+    saver.flush()
+    for path in (saver.best, saver.last):
+        stored = checkpoint.load(path)["state_dict"]
+        assert stored.keys() == epoch_weights.keys()
+        assert all(torch.equal(stored[k], epoch_weights[k]) for k in epoch_weights), path.name
+
+    def full(obj, path, keep_previous=None):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "save_atomic", full)
+    state.epoch = 1
+    saver.on_checkpoint(ctx, improved=False)
+    with pytest.raises(OSError, match=r"No space left on device: '.*last\.pt'"):
+        saver.flush()
+    saver.flush()                                                 # reported once
+    assert checkpoint.load(saver.last)["epoch"] == 0              # the epoch before is still there
+
+
+def test_snapshot_copies_tensors_to_the_cpu_keeps_layout_and_state_dict_metadata():
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)).to(memory_format=torch.channels_last)
+    sd = net.state_dict()
+    snap = checkpoint.snapshot({"state_dict": sd, "history": [{"a": 1.0}], "rng": (1, [2, 3]), "name": "x"})
+    assert snap["state_dict"]._metadata == sd._metadata and snap["state_dict"]._metadata is not sd._metadata
+    assert isinstance(snap["state_dict"], type(sd)) and snap["rng"] == (1, [2, 3]) and snap["name"] == "x"
+    w = snap["state_dict"]["0.weight"]
+    assert torch.equal(w, sd["0.weight"]) and w.data_ptr() != sd["0.weight"].data_ptr()
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    sd["0.weight"].data.add_(1.0)
+    assert not torch.equal(w, sd["0.weight"])                      # a copy, not a view
 
 
 class _Touches:
