@@ -256,7 +256,7 @@ def test_the_checkpoint_written_in_the_background_is_the_epochs_snapshot_and_a_f
     from seg.engine.loop import LoopState
 
     net, opt = _tiny()
-    saver = hooks.Checkpointer(tmp_path / "ckpt", {"amp": "off"}, None)
+    saver = hooks.Checkpointer(tmp_path / "run" / "checkpoints", {"amp": "off"}, None)   # made with its parents
     state = LoopState()
     state.epoch, state.best, state.best_epoch = 0, 0.5, 0
     ctx = SimpleNamespace(model=net, optimizer=opt, scheduler=None, scaler=torch.amp.GradScaler("cpu", enabled=False),
@@ -271,6 +271,7 @@ def test_the_checkpoint_written_in_the_background_is_the_epochs_snapshot_and_a_f
     epoch_weights = {k: v.clone() for k, v in net.state_dict().items()}
     saver.on_checkpoint(ctx, improved=True)
     assert not saver.best.exists() and not saver.last.exists()     # still being written
+    assert "segsweep-checkpoint" in [t.name for t in threading.enumerate()]   # named in stack dumps / py-spy
     with torch.no_grad():                                         # the next epoch trains on
         for p in net.parameters():
             p.add_(1.0)
@@ -291,14 +292,25 @@ def test_the_checkpoint_written_in_the_background_is_the_epochs_snapshot_and_a_f
         saver.flush()
     saver.flush()                                                 # reported once
     assert checkpoint.load(saver.last)["epoch"] == 0              # the epoch before is still there
+    monkeypatch.setattr(checkpoint, "save_atomic", real)
+    saver.on_checkpoint(ctx, improved=False)                      # last.pt of epoch 1, the old one -> last.prev.pt
+    saver.clean()                                                 # waits for that write, then removes both
+    assert sorted(p.name for p in saver.folder.iterdir()) == ["best.pt"]
+    saver.clean()                                                 # nothing left to remove: no error
 
 
 def test_snapshot_copies_tensors_to_the_cpu_keeps_layout_and_state_dict_metadata():
     net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)).to(memory_format=torch.channels_last)
     sd = net.state_dict()
-    snap = checkpoint.snapshot({"state_dict": sd, "history": [{"a": 1.0}], "rng": (1, [2, 3]), "name": "x"})
+    cuda_like = [torch.arange(3)]                                 # rng["cuda"]: a list of tensors
+    snap = checkpoint.snapshot({"state_dict": sd, "history": [{"a": 1.0}], "rng": (1, [2, 3]), "name": "x",
+                                "states": cuda_like})
     assert snap["state_dict"]._metadata == sd._metadata and snap["state_dict"]._metadata is not sd._metadata
-    assert isinstance(snap["state_dict"], type(sd)) and snap["rng"] == (1, [2, 3]) and snap["name"] == "x"
+    assert all(snap["state_dict"]._metadata[k] is not v for k, v in sd._metadata.items())
+    assert type(snap) is dict and type(snap["state_dict"]) is type(sd)       # OrderedDict stays one, dict too
+    assert snap["rng"] == (1, [2, 3]) and snap["name"] == "x"
+    cuda_like[0].add_(10)
+    assert snap["states"][0].tolist() == [0, 1, 2]                # tensors inside lists are copied too
     w = snap["state_dict"]["0.weight"]
     assert torch.equal(w, sd["0.weight"]) and w.data_ptr() != sd["0.weight"].data_ptr()
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
