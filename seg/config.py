@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from seg import PROJECT_ROOT
 
 # top-level config keys that do not change what a run computes: config_hash (seg.sweep) leaves them out,
-# and the report (seg.report.runs) does not split configurations on them. Paths and tracking are
-# machine-specific, the rest is sweep mechanics (each seed is its own run; `class_weights` reaches the
-# result through the loss node, which is hashed).
-HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "memory_format", "hydra", "resume", "debug", "n_jobs", "slurm",
-                 "seeds", "class_weights")
+# and the report (seg.report.runs) does not split configurations on them. Paths, tracking, the device, its
+# threads and the weights' memory layout are machine-specific, the rest is sweep mechanics (each seed is
+# its own run; `class_weights` reaches the result through the loss node, which is hashed).
+HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "memory_format", "hydra", "resume", "debug", "n_jobs",
+                 "slurm", "seeds", "class_weights")
 
 # Keys that describe a node for humans and MLflow (run names, tags) and are not constructor arguments.
 META_KEYS = ("name", "size")

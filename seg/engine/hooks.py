@@ -79,9 +79,9 @@ class Checkpointer(Hook):
 
     def flush(self) -> None:
         """Wait for the write in flight; raise its error, if it failed."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.join()
+        if self._writer is not None:
+            self._writer.join()         # interrupted (SIGTERM): the next flush waits again
+            self._writer = None
         error, self._error = self._error, None
         if error is not None:
             raise error
