@@ -61,7 +61,8 @@ def _run(args: list[str], tmp_path: Path, phantom_cache: Path) -> subprocess.Com
 
 
 def test_tiny_multirun_logs_finished_runs(tmp_path, seeded_store, phantom_cache):
-    # memory_format=channels_last: CUDA's default layout (memory_format=auto), here through both model families
+    # memory_format=channels_last (what memory_format=auto gives U-Net on CUDA), here on CPU through both model
+    # families, TransUNet's token reshapes included
     proc = _run(["-m", "model=unet,transunet", "loss=dice", "memory_format=channels_last", *TINY], tmp_path,
                 phantom_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
