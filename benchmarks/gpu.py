@@ -114,8 +114,9 @@ def part_step(quick: bool, device: str = "cuda", on_row=None) -> dict:
             out["matmul_tf32_tflops"] = matmul_gflops(8192, torch.float32, device, repeats=5, window=0.25) / 1e3
         finally:
             torch.backends.cuda.matmul.allow_tf32 = allowed
-    # (label, autocast dtype, channels_last, torch.compile, batch: None = the preset's). channels_last is what
-    # training and seg.predict use on CUDA (memory_format=auto); contiguous rows are the layout before it.
+    # (label, autocast dtype, channels_last, torch.compile, batch: None = the preset's). On CUDA, training and
+    # seg.predict use channels_last for U-Net and ResU-Net and contiguous for TransUNet (memory_format=auto,
+    # chosen from these rows); contiguous was every model's layout before the setting existed.
     variants = [("fp32", None, False, False, None), ("fp32 + channels_last", None, True, False, None),
                 ("fp16 AMP", torch.float16, False, False, None),
                 ("fp16 AMP + channels_last", torch.float16, True, False, None),
