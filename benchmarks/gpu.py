@@ -239,11 +239,10 @@ def profile_step(setup: tuple, dtype: torch.dtype, device: torch.device, steps: 
         low = name.lower()
         return next((k for k, words in kinds.items() if any(w in low for w in words)), "elementwise / other")
 
-    by_kind: dict[str, float] = {}
-    for e in events:
-        if e.key.startswith("aten::"):
-            by_kind[kind(e.key)] = by_kind.get(kind(e.key), 0.0) + e.self_device_time_total / 1e6
     ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: -e.self_device_time_total)
+    by_kind: dict[str, float] = {}
+    for e in ops:
+        by_kind[kind(e.key)] = by_kind.get(kind(e.key), 0.0) + e.self_device_time_total / 1e6
     aten = sum(by_kind.values()) or float("nan")
     return {"model": f"{cfg.model.name} paper", "dtype": str(dtype).removeprefix("torch."), "batch": batch,
             "steps": steps, "wall_s": wall, "gpu_busy_share": min(total / wall, 1.0) if wall else None,
@@ -283,11 +282,13 @@ def part_train(workdir: Path, epochs: int = 3) -> dict:
                             "checkpoint": str(ckpt[-1]) if ckpt else None}
         log(f"  {label}: best val/dice {best:.4f}, test " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             + f" ({seconds:.0f} s)")
-    a, b = out["runs"]["off"]["test"], out["runs"]["fp16"]["test"]
-    out["abs_diff"] = {k: abs(a[k] - b[k]) for k in ("dice", "iou") if k in a and k in b}
+    def abs_diff(x: str, y: str) -> dict:
+        a, b = out["runs"][x]["test"], out["runs"][y]["test"]
+        return {k: abs(a[k] - b[k]) for k in ("dice", "iou") if k in a and k in b}
+
+    out["abs_diff"] = abs_diff("off", "fp16")
     out["match"] = bool(out["abs_diff"]) and all(v <= TRAIN_TOL for v in out["abs_diff"].values())
-    c = out["runs"]["fp16 contiguous"]["test"]
-    out["abs_diff_layout"] = {k: abs(b[k] - c[k]) for k in ("dice", "iou") if k in b and k in c}
+    out["abs_diff_layout"] = abs_diff("fp16", "fp16 contiguous")
     return out
 
 
