@@ -1,4 +1,4 @@
-"""The process's run-time set-up, in one place: seeding, the device picker, the AMP dtype, threads.
+"""The process's run-time set-up, in one place: seeding, the device picker, the AMP dtype, the memory layout, threads.
 
 Every command (training, seg.predict, seg.models.summary, the benchmarks) picks its device through
 `select_device` and its autocast dtype through `amp_dtype` (docs/design.md, "Runtime").
@@ -6,6 +6,7 @@ Every command (training, seg.predict, seg.models.summary, the benchmarks) picks 
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -66,21 +67,53 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return choices[mode]
 
 
-def memory_format(mode: str, device: torch.device, model: torch.nn.Module | None = None) -> torch.memory_format:
-    """memory_format: auto | channels_last | contiguous -> the layout the network's weights are stored in.
+def memory_format(mode: str, device: torch.device, model: torch.nn.Module | None = None,
+                  inference: bool = False) -> torch.memory_format:
+    """memory_format: auto | channels_last | contiguous -> the layout the network's weights are stored in,
+    for training (`inference` False) or for the forward passes of validation, the test pass and seg.predict
+    (`inference` True). An explicit channels_last / contiguous is used for both.
 
-    auto: channels_last on CUDA for a model whose class says `prefers_channels_last = True` (U-Net and
-    ResU-Net: conv + BatchNorm have NHWC kernels; fp16 AMP U-Net paper 401 -> 648 img/s on an H100,
-    benchmarks/RESULTS.md), contiguous for the others (TransUNet: GroupNorm and the ViT are slower in NHWC,
-    167 -> 116 img/s) and everywhere off CUDA. With the weights channels_last, convolutions run NHWC from the
-    first layer on, inputs included. A layout, not a setting of the result: not part of config_hash.
+    auto: channels_last for a model whose class says `prefers_channels_last = True` (U-Net and ResU-Net:
+    conv + BatchNorm have NHWC kernels) on CUDA, and on the CPU for inference only; contiguous otherwise.
+    Measured (benchmarks/RESULTS.md and docs/design.md, "Runtime"): H100 fp16 AMP U-Net paper training 401 ->
+    648 img/s, TransUNet 167 -> 116 (GroupNorm and the ViT are slower in NHWC, so it stays contiguous); on 2 CPU
+    cores the eval forward runs 1.2-1.4x faster channels_last (U-Net / ResU-Net, cpu and paper presets) while
+    the training step runs slower (U-Net cpu 0.43 -> 0.49 s per batch of 16). With the weights channels_last,
+    convolutions run NHWC from the first layer on, inputs included. A layout, not a setting of the result:
+    not part of config_hash.
     """
     if mode not in MEMORY_FORMATS:
         raise ValueError(f"memory_format={mode!r}; allowed values: {', '.join(MEMORY_FORMATS)}")
     if mode == "auto":
         prefers = bool(getattr(model, "prefers_channels_last", False))
-        mode = "channels_last" if device.type == "cuda" and prefers else "contiguous"
+        fast = device.type == "cuda" or (inference and device.type == "cpu")
+        mode = "channels_last" if prefers and fast else "contiguous"
     return torch.channels_last if mode == "channels_last" else torch.contiguous_format
+
+
+def stored_layout(model: torch.nn.Module) -> torch.memory_format:
+    """The layout `model`'s 4D weights are stored in: channels_last if one of them is strided so (and not
+    also contiguous, as a 1 x 1 kernel is in both), else contiguous."""
+    for p in model.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+@contextmanager
+def weights_layout(net: torch.nn.Module, layout: torch.memory_format | None):
+    """The network's weights in `layout` for the block, back in the layout they were stored in after (also
+    when the block raises). None, or the stored layout: nothing is converted. The parameters stay the same
+    objects (an optimizer holding them is unaffected); only their storage's strides change."""
+    stored = stored_layout(net)
+    if layout is None or layout == stored:
+        yield
+        return
+    net.to(memory_format=layout)
+    try:
+        yield
+    finally:
+        net.to(memory_format=stored)
 
 
 def set_threads(threads: int | None) -> None:

@@ -207,7 +207,9 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
              len(data.train), len(data.val), len(data.test), data.class_names)
 
     model = build(cfg.model)
-    model = model.to(device, memory_format=memory_format(cfg.get("memory_format", "auto"), device, model))
+    layout = cfg.get("memory_format", "auto")
+    model = model.to(device, memory_format=memory_format(layout, device, model))
+    eval_layout = memory_format(layout, device, model, inference=True)    # on CPU channels_last for validation
     loss_fn = build(cfg.loss).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     scheduler = build(cfg.scheduler, optimizer=optimizer)
@@ -246,7 +248,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
                         dtype=dtype, num_classes=num_classes, epochs=int(t.epochs), monitor=t.monitor,
                         accumulate=int(t.accumulate), grad_clip=t.grad_clip, limit_batches=t.limit_train_batches,
                         early_stopping=int(t.early_stopping or 0), val_every=int(t.get("val_every") or 1),
-                        state=state, hooks=hooks))
+                        eval_layout=eval_layout, state=state, hooks=hooks))
     except BaseException:
         # killed or failed mid-fit: the checkpoint written in the background is finished before the run is
         # recorded (last.pt is what a resume reads); a write error of its own is logged, the first one raised
@@ -265,7 +267,8 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     if bad:
         raise NonFiniteWeightsError(f"the best checkpoint {saver.best} holds non-finite weights ({', '.join(bad[:3])})")
     model.load_state_dict(best["state_dict"])
-    rows, kept = test_pass(model, data, device, dtype, num_classes, keep=int(cfg.tracking.overlays), hooks=hooks)
+    rows, kept = test_pass(model, data, device, dtype, num_classes, keep=int(cfg.tracking.overlays), hooks=hooks,
+                           layout=eval_layout)
     test = summarize(rows, data.class_names)
     final = {summary_metric_key(k): v for k, v in test.items() if not (isinstance(v, float) and math.isnan(v))}
     final.update({"best/epoch": state.best_epoch + 1, f"best/{t.monitor}": state.best,
@@ -340,8 +343,10 @@ def _experiment_note(cfg: DictConfig) -> str:
     return "\n\n".join(lines)
 
 
-def test_pass(model, data, device, dtype, num_classes: int, keep: int = 0, hooks: Sequence[Hook] = ()):
-    """The test split through seg.engine.inference.evaluate (distances included) -> (rows, kept).
+def test_pass(model, data, device, dtype, num_classes: int, keep: int = 0, hooks: Sequence[Hook] = (),
+              layout: torch.memory_format | None = None):
+    """The test split through seg.engine.inference.evaluate (distances included, forward passes in `layout`)
+    -> (rows, kept).
 
     The same inference path as validation and seg.predict; hooks get an "eval" span with info "test"."""
     start = time.perf_counter()
@@ -351,7 +356,7 @@ def test_pass(model, data, device, dtype, num_classes: int, keep: int = 0, hooks
             hook.on_span(kind, s, e, info)
 
     rows, kept = evaluate(model, data.test, data.class_names, device, dtype, num_classes, distances=True,
-                          desc="test", keep=keep, span=span)
+                          desc="test", keep=keep, span=span, layout=layout)
     span("eval", start, time.perf_counter(), "test")
     return rows, kept
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from seg.runtime import amp_dtype, memory_format, seed_everything, select_device, set_threads
+from seg.runtime import amp_dtype, memory_format, seed_everything, select_device, set_threads, stored_layout
 
 
 def test_select_device_cpu_and_auto():
@@ -43,20 +43,35 @@ def test_amp_dtype_refuses_unknown_modes():
         amp_dtype("fp8", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("model,auto_on_cuda", [("unet", torch.channels_last), ("resunet", torch.channels_last),
-                                                ("transunet", torch.contiguous_format), (None, torch.contiguous_format)])
-def test_memory_format_rule(model, auto_on_cuda):
-    """auto: channels_last on CUDA only for the models that say they run faster so (the H100 measurements);
-    CPU contiguous; an explicit layout wins everywhere."""
+@pytest.mark.parametrize("model,prefers", [("unet", True), ("resunet", True), ("transunet", False), (None, False)])
+def test_memory_format_rule(model, prefers):
+    """auto: channels_last only for the models that say they run faster so (the H100 and CPU measurements):
+    on CUDA for training and inference, on the CPU for inference only (the CPU training step is slower NHWC),
+    never on MPS (unmeasured); an explicit layout wins everywhere, for both."""
     from seg.models import ResUNet, TransUNet, UNet
 
     net = {"unet": UNet, "resunet": ResUNet, "transunet": TransUNet, None: None}[model]   # the class says it
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert memory_format("auto", cuda, net) is auto_on_cuda
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    preferred = torch.channels_last if prefers else torch.contiguous_format
+    assert memory_format("auto", cuda, net) is preferred
+    assert memory_format("auto", cuda, net, inference=True) is preferred
     assert memory_format("auto", cpu, net) is torch.contiguous_format
+    assert memory_format("auto", cpu, net, inference=True) is preferred
+    assert memory_format("auto", mps, net, inference=True) is torch.contiguous_format
     for device in (cpu, cuda):
-        assert memory_format("channels_last", device, net) is torch.channels_last
-        assert memory_format("contiguous", device, net) is torch.contiguous_format
+        for inference in (False, True):
+            assert memory_format("channels_last", device, net, inference) is torch.channels_last
+            assert memory_format("contiguous", device, net, inference) is torch.contiguous_format
+
+
+def test_stored_layout_reads_the_strides_of_the_4d_weights():
+    """A 1 x 1 kernel is contiguous in both layouts, so the first 3 x 3 kernel decides; no 4D weight: contiguous."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.Conv2d(3, 4, 3))
+    assert stored_layout(net) is torch.contiguous_format
+    net.to(memory_format=torch.channels_last)
+    assert net[0].weight.is_contiguous()                  # the 1 x 1 kernel cannot tell
+    assert stored_layout(net) is torch.channels_last
+    assert stored_layout(torch.nn.Linear(2, 2)) is torch.contiguous_format
 
 
 def test_memory_format_refuses_unknown_modes():

@@ -261,3 +261,35 @@ def test_the_test_pass_scores_the_best_epochs_weights_not_the_last(tmp_path, see
     for name, tensor in tested.items():
         assert torch.equal(tensor, snaps.weights[1][name]) and torch.equal(tensor, best["state_dict"][name]), name
     assert any(not torch.equal(tested[k], snaps.weights[2][k]) for k in tested)
+
+
+def test_cpu_training_stays_contiguous_and_evaluation_runs_channels_last(tmp_path, seeded_store, phantom_cache):
+    """memory_format=auto on the CPU, U-Net: the training steps run on contiguous weights (the CPU's faster
+    layout for training), validation and the test pass on channels_last ones (the faster one for inference),
+    and best.pt holds the training layout."""
+    import seg.train
+    from seg.engine import checkpoint
+    from seg.engine.loop import Hook
+    from seg.runtime import stored_layout
+
+    class Layouts(Hook):
+        seen: list = []
+
+        def on_fit_start(self, ctx):
+            ctx.model.register_forward_pre_hook(lambda m, args: self.seen.append((m.training, stored_layout(m))))
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg(["model=unet", "profile.image_size=32", "profile.epochs=2", "trainer.limit_train_batches=1",
+                       "tracking.overlays=0", f"tracking.uri={uri}", f"paths.output={tmp_path}/outputs",
+                       "resume=false", "device=cpu"])
+    assert cfg.memory_format == "auto"
+    probe = Layouts()
+    seg.train.run(cfg, hooks=[probe])
+    train = {layout for training, layout in probe.seen if training}
+    evals = [layout for training, layout in probe.seen if not training]
+    assert train == {torch.contiguous_format}
+    assert len(evals) >= 3 and set(evals) == {torch.channels_last}      # 2 validations + the test pass
+    (run,) = search_runs(uri, cfg.tracking.experiment)
+    folder = Path(run.data.tags["output_dir"]) / "checkpoints"
+    convs = [w for w in checkpoint.load(folder / "best.pt")["state_dict"].values() if w.dim() == 4 and w.shape[1] > 1]
+    assert convs and all(w.is_contiguous() for w in convs)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from seg.data.base import Case
 from seg.metrics import structure_rows
+from seg.runtime import weights_layout
 
 # (kind, start, end, info) for timing listeners (the benchmarks): kinds "forward" and "metrics"
 Span = Callable[[str, float, float, object], None]
@@ -61,10 +62,11 @@ def _inference(net: torch.nn.Module, span: Span | None, images: int):
     start = time.perf_counter()
     was_training = net.training
     net.eval()
-    with torch.inference_mode():
-        yield
-    if was_training:
-        net.train()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        net.train(was_training)
     if span is not None:
         span("forward", start, time.perf_counter(), images)
 
@@ -128,32 +130,35 @@ def batches(cases: Sequence[Case], batch_size: int):
 
 def evaluate(net: torch.nn.Module, cases: Sequence[Case], class_names: Sequence[str], device: torch.device,
              dtype: torch.dtype | None, num_classes: int, distances: bool = True, desc: str = "eval",
-             keep: int = 0, batch_size: int = 32, tta: bool = False,
-             span: Span | None = None) -> tuple[list[dict], list[tuple]]:
+             keep: int = 0, batch_size: int = 32, tta: bool = False, span: Span | None = None,
+             layout: torch.memory_format | None = None) -> tuple[list[dict], list[tuple]]:
     """Score every case per structure -> (rows of seg.metrics.structure_rows, up to `keep`
     (case, prediction (D, H0, W0)) pairs whose ground truth has foreground).
 
     Consecutive cases (2D images or volumes) are predicted together while their images add up to at most
     batch_size; a larger volume alone, batch_size slices at a time.
+    layout: the memory format the forward passes run in (seg.runtime.memory_format(..., inference=True)); the
+    weights are converted for the pass and back after. None: as they are stored.
     Metrics follow docs/metrics.md (seg.metrics).
     """
     rows, kept = [], []
     bar = tqdm(total=len(cases), desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
-    for group in batches(cases, batch_size):
-        if len(group) == 1:
-            preds = [predict_images(net, group[0].image, group[0].label.shape[-2:], device, dtype, num_classes,
-                                    batch_size, tta, span)]
-        else:
-            preds = predict_group(net, [c.image for c in group], [c.label.shape[-2:] for c in group], device,
-                                  dtype, num_classes, tta, span)
-        start = time.perf_counter()
-        for case, pred in zip(group, preds):
-            pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])
-            rows += structure_rows(case.case_id, pred_s, label_s, class_names, case.spacing, distances)
-            if len(kept) < keep and case.label.any():
-                kept.append((case, pred))
-        if span is not None:
-            span("metrics", start, time.perf_counter(), len(group))
-        bar.update(len(group))
+    with weights_layout(net, layout):
+        for group in batches(cases, batch_size):
+            if len(group) == 1:
+                preds = [predict_images(net, group[0].image, group[0].label.shape[-2:], device, dtype, num_classes,
+                                        batch_size, tta, span)]
+            else:
+                preds = predict_group(net, [c.image for c in group], [c.label.shape[-2:] for c in group], device,
+                                      dtype, num_classes, tta, span)
+            start = time.perf_counter()
+            for case, pred in zip(group, preds):
+                pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])
+                rows += structure_rows(case.case_id, pred_s, label_s, class_names, case.spacing, distances)
+                if len(kept) < keep and case.label.any():
+                    kept.append((case, pred))
+            if span is not None:
+                span("metrics", start, time.perf_counter(), len(group))
+            bar.update(len(group))
     bar.close()
     return rows, kept

@@ -196,6 +196,7 @@ class Fit:
     early_stopping: int = 0
     val_every: int = 1                  # validate epochs val_every, 2 * val_every, ... and the last
     val_batch_size: int = 32            # images (2D cases or slices of volumes) per validation forward pass
+    eval_layout: torch.memory_format | None = None   # validation's layout (seg.runtime.memory_format, inference)
     state: LoopState = field(default_factory=LoopState)
     hooks: Sequence[Hook] = ()
     epoch: int = -1                     # the epoch running now (0-based)
@@ -268,7 +269,8 @@ def fit(ctx: Fit) -> LoopState:
         val: dict = {}
         if validated:
             rows, _ = evaluate(ctx.model, ctx.val_cases, ctx.class_names, ctx.device, ctx.dtype, ctx.num_classes,
-                               distances=False, desc="val", batch_size=ctx.val_batch_size, span=ctx.span)
+                               distances=False, desc="val", batch_size=ctx.val_batch_size, span=ctx.span,
+                               layout=ctx.eval_layout)
             val = summarize(rows, ctx.class_names, metrics=("dice", "iou"))
             ctx.span("eval", trained, time.perf_counter(), "val")
             ctx.emit("on_validation_end", val)

@@ -97,7 +97,7 @@ def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Mode
     if len(names) != max(num_classes - 1, 1):
         raise ModelError(f"{source}: {num_classes} classes in the config but the {reader.name} reader names "
                          f"{len(names)} structure(s) ({', '.join(names)})")
-    net = net.to(device, memory_format=memory_format("auto", device, net))   # channels_last on CUDA, by model
+    net = net.to(device, memory_format=memory_format("auto", device, net, inference=True))   # by model and device
     return Model(net.eval(), config, num_classes, image_size, names, reader, source, transform, amp, dtype)
 
 

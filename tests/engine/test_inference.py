@@ -68,3 +68,53 @@ def test_hd95_on_a_phantom_volume_matches_monai_and_all_distances(acdc_test_case
                                             include_background=True, percentile=percentile,
                                             spacing=list(spacing)).item()
         assert ours == pytest.approx(theirs, abs=1e-4)
+
+
+class _Layouts(torch.nn.Module):
+    """A small conv net recording, per forward pass, whether its 8 -> 8 3 x 3 kernel was stored channels_last
+    (a kernel with one input channel, or a 1 x 1 one, is contiguous in both layouts); raises on demand."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                       torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+        self.fail, self.seen = fail, []
+
+    def forward(self, x):
+        w = self.net[3].weight
+        self.seen.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+        if self.fail:
+            raise RuntimeError("forward failed")
+        return self.net(x)
+
+
+def test_evaluate_runs_in_the_inference_layout_and_gives_the_weights_back(acdc_test_cases):
+    """layout=channels_last (the CPU's validation layout for U-Net / ResU-Net): every forward pass sees
+    channels_last weights, the same parameter objects come back contiguous with the same values and the
+    training mode, and the scores equal those of the stored layout."""
+    cases, names = acdc_test_cases
+    cpu = torch.device("cpu")
+    net = _Layouts().train()
+    params = {name: (p, p.detach().clone()) for name, p in net.named_parameters()}
+    plain, _ = evaluate(net, cases, names, cpu, None, 4, distances=True, batch_size=32)
+    assert net.seen and not any(net.seen)
+    net.seen.clear()
+    rows, _ = evaluate(net, cases, names, cpu, None, 4, distances=True, batch_size=32, layout=torch.channels_last)
+    assert net.seen and all(net.seen)
+    assert net.training
+    for name, p in net.named_parameters():
+        assert p is params[name][0] and p.is_contiguous() and torch.equal(p, params[name][1]), name
+    assert len(rows) == len(plain)
+    for got, want in zip(rows, plain):
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), (got["case_id"], key)
+
+
+def test_a_failing_forward_pass_restores_layout_and_training_mode(acdc_test_cases):
+    cases, names = acdc_test_cases
+    net = _Layouts(fail=True).train()
+    with pytest.raises(RuntimeError, match="forward failed"):
+        evaluate(net, cases, names, torch.device("cpu"), None, 4, layout=torch.channels_last)
+    assert net.seen == [True]
+    assert net.training and net.net[3].weight.is_contiguous()

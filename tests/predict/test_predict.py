@@ -233,14 +233,16 @@ def test_tta_is_flip_equivariant(ckpts, tmp_path, covid_root):
 @pytest.mark.parametrize("task", ["phantom_xray", "phantom_cardiac", "phantom_ct_heart"])
 def test_predict_and_the_loops_test_pass_give_identical_per_case_dice(task, ckpts, tmp_path):
     """One inference path: `seg.predict` on a run's test files and the training loop's test pass
-    (seg.train.test_pass) on the same checkpoint give the same per-case, per-structure Dice."""
+    (seg.train.test_pass) on the same checkpoint give the same per-case, per-structure Dice; both run the
+    forward passes in the same layout."""
     from types import SimpleNamespace
 
-    from seg.runtime import amp_dtype
+    from seg.runtime import amp_dtype, stored_layout
     from seg.train import test_pass
 
     ckpt = torch.load(ckpts[task], weights_only=True)
     model = model_from_checkpoint(ckpt, task, torch.device("cpu"))
+    assert stored_layout(model.net) is torch.channels_last        # a U-Net predicts channels_last on the CPU
     data = open_dataset(ckpt["config"]["dataset"], seed=0, cache_dir=ckpt["config"]["paths"]["cache"])
     picks = [0, len(data.test) - 1]
     cases = [data.test[i] for i in picks]
