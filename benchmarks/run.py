@@ -945,6 +945,12 @@ def section_gpu(quick: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _spread(values) -> str:
+    """'min - max' of the numbers among `values` (None left out), '-' if there are none."""
+    values = [v for v in values or () if v is not None]
+    return f"{min(values):.2f} - {max(values):.2f}" if values else "-"
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -1130,10 +1136,11 @@ def write_md(res: dict) -> str:
         loop = sec["loop"]
         parts = ("data", "step_extra", "val_network", "val_forward", "val_metrics", "val_read", "log", "other")
         lines += _table(("model", f"loop / step (val_every={loop.get('val_every', 1)})", "every epoch validated",
-                         "measured epochs", "by CPU time", "by CPU time, every epoch validated",
+                         "measured epochs", "single epochs (min - max)", "by CPU time",
+                         "by CPU time, every epoch validated",
                          "loop img/s", "step img/s", "data", "step", "val", "checkpoint + log", "bottleneck"),
                         [(r["model"], f"**{r['ratio']:.2f}**", _num(r.get("ratio_val_every_1")),
-                          _num(r.get("ratio_measured_epochs")), _num(r.get("cpu_ratio")),
+                          _num(r.get("ratio_measured_epochs")), _spread(r.get("ratio_per_epoch")), _num(r.get("cpu_ratio")),
                           _num(r.get("cpu_ratio_val_every_1")), _num(r["loop_img_per_s"]), _num(r["step_img_per_s"]),
                           *(_pct(r.get("shares", {}).get(k)) for k in ("data", "step", "val", "checkpoint_log")),
                           r["breakdown"]["bottleneck"]) for r in loop["rows"]])
@@ -1156,7 +1163,10 @@ def write_md(res: dict) -> str:
                       f"val_every={r0.get('val_every')} cycle (one validated + {max(0, (r0.get('val_every') or 1) - 1)} "
                       "unvalidated epoch(s), mean walls of the measured ones) / the bare step; \"every epoch "
                       "validated\" = the same for val_every=1 (the default: every epoch is like a validated one); "
-                      "\"measured epochs\" = all measured images / all measured wall time. Shares: data = waiting "
+                      "\"measured epochs\" = all measured images / all measured wall time; \"single epochs\" = "
+                      "each measured epoch's img/s / the mean of the two bare-step probes around it, validated or "
+                      "not: their spread is this machine's noise between epochs a few seconds apart. Shares: data = "
+                      "waiting "
                       "for the DataLoader; step = the training steps; val = validation (forward passes, resizing "
                       "back, Dice/IoU, reading the cases); checkpoint + log = MLflow logging, best/last checkpoints, "
                       "scheduler. In the second table: step extra = the loop's steps beyond the bare step (loss, "

@@ -112,7 +112,8 @@ def fake_result() -> dict:
                                "loss": "dice", "grad_clip": 1.0, "step_img_per_s": 12.0, "loop_img_per_s": 9.6,
                                "train_img_per_s": 12.0, "ratio": 0.8, "train_ratio": 1.0, "epochs": [epoch],
                                "val_every": 2, "epochs_run": 5, "ratio_val_every_1": 0.75,
-                               "ratio_measured_epochs": 0.78, "measured": epoch,
+                               "ratio_measured_epochs": 0.78, "ratio_per_epoch": [0.74, None, 0.91, 0.8],
+                               "measured": epoch,
                                "breakdown": loop_breakdown(epoch, 12.0),
                                "shares": loop_shares(loop_breakdown(epoch, 12.0))}]},
             "eval3d": {"dataset": "acdc (phantom)", "model": "unet cpu", "epochs": 3, "profile_epochs": 16,
@@ -259,6 +260,7 @@ def test_eval3d_share_is_rendered_with_its_goal_as_an_upper_bound():
     del res["sections"]["eval3d"]["forward_vs_step"]                  # a bench.json from before: no such sentence
     assert "Validation's forward passes alone" not in write_md(res) and "Goal <= 10%." in write_md(res)
     assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** | trainer.val_every=2; shares of the epochs:" in md
+    assert "| unet cpu | **0.80** | 0.75 | 0.78 | 0.74 - 0.91 |" in md     # single epochs: the spread, None left out
 
 
 def test_readme_table_is_replaced_between_its_markers(tmp_path):
