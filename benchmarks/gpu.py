@@ -12,7 +12,8 @@ Parts (run in this order; gpu.json / gpu.md are rewritten after each part and ea
            (--device cuda): img/s end to end, outputs written.
   step     paper presets (256 px, the paper profile's batch 16) of U-Net, ResU-Net and TransUNet: forward +
            loss + backward + Adam img/s in fp32, fp16 AMP (GradScaler) and bf16 AMP, each contiguous and
-           channels_last, with cuDNN's autotuner, bf16 + channels_last + torch.compile, and U-Net at batch 64;
+           channels_last, with cuDNN's autotuner, with fused Adam (fp16 / bf16 channels_last), bf16 +
+           channels_last + torch.compile, and U-Net at batch 64;
            MFU = achieved training FLOP/s (torch.utils.flop_counter) / the card's peak dense tensor throughput
            for that dtype (PEAKS, by device name; fp32 rows against the TF32 peak, since cuDNN convolutions use
            TF32 by default), and against the measured matmul ceiling; then a torch.profiler breakdown of the
@@ -126,6 +127,10 @@ def part_step(quick: bool, device: str = "cuda", on_row=None) -> dict:
                 # algorithm, and so the last bits of the weights, can differ between runs)
                 ("fp16 AMP + channels_last + cudnn.benchmark", torch.float16, True, False, None),
                 ("bf16 AMP + channels_last + cudnn.benchmark", torch.bfloat16, True, False, None),
+                # Adam's update was 11% of U-Net's kernel time in the profile (foreach, the CUDA default):
+                # the single-kernel version, measured before training's optimizer configs would ask for it
+                ("fp16 AMP + channels_last + fused Adam", torch.float16, True, False, None),
+                ("bf16 AMP + channels_last + fused Adam", torch.bfloat16, True, False, None),
                 ("bf16 AMP + channels_last + torch.compile", torch.bfloat16, True, True, None),
                 ("fp16 AMP + channels_last, batch 64", torch.float16, True, False, 64),
                 ("bf16 AMP + channels_last, batch 64", torch.bfloat16, True, False, 64)]
@@ -160,7 +165,8 @@ def part_step(quick: bool, device: str = "cuda", on_row=None) -> dict:
                     if compiled:
                         model = torch.compile(model)
                     start = time.perf_counter()
-                    ips = gpu_step(model, xv, y, loss_for(n_cls), dtype, iters=5 if quick else 15, warmup=3)
+                    ips = gpu_step(model, xv, y, loss_for(n_cls), dtype, iters=5 if quick else 15, warmup=3,
+                                   fused="fused Adam" in label)
                     achieved = ips * flops / 1e12                      # TFLOP/s
                     key = "fp32" if dtype is None else ("bf16" if dtype == torch.bfloat16 else "fp16")
                     peak = peaks.get("tf32" if key == "fp32" else key)
