@@ -599,6 +599,7 @@ def section_eval3d(quick: bool, threads: int | None = None) -> dict:
                      "tracking.overlays=0", "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
                      f"paths.output={tmp}/outputs", f"threads={threads or 'null'}", "resume=false"]
         cfg = preset("unet", "cpu", "acdc", overrides)
+        layout = memory_format(str(cfg.memory_format), torch.device("cpu"), build(cfg.model), inference=True)
         probe = LoopProbe()
         start = time.perf_counter()
         run(cfg, hooks=[probe])
@@ -632,7 +633,9 @@ def section_eval3d(quick: bool, threads: int | None = None) -> dict:
            "share_projected_val_every_2": projected_2, "goal": GOALS["eval3d"],
            "train_images_per_epoch": train_images / epochs, "val_images_per_epoch": val_images / epochs,
            "forward_vs_step": (val_forward_s / val_images) / (train_s / train_images) if val_images else None,
-           "val_forward_share_of_network": val_forward_s / (val_forward_s + train_s)}
+           "val_forward_share_of_network": val_forward_s / (val_forward_s + train_s),
+           "eval_layout": "channels_last" if layout == torch.channels_last else "contiguous",
+           "memory_format": str(cfg.memory_format)}
     log(f"  ACDC unet cpu, {epochs} epochs: evaluation {val_s + test_s:.1f} s of {total:.1f} s "
         f"({out['share_measured']:.0%}); test pass {test_s:.1f} s (forward {test_forward:.1f} s, metrics "
         f"{test_metrics:.1f} s); projected for the profile's {profile_epochs} epochs: {projected:.0%} "
@@ -1202,7 +1205,8 @@ def write_md(res: dict) -> str:
         if ev.get("forward_vs_step") is not None:
             lines[-1] += (f" Validation's forward passes alone ({ev['val_images_per_epoch']:.0f} slices per epoch "
                           f"against {ev['train_images_per_epoch']:.0f} training slices, one slice's forward pass "
-                          f"(channels_last, memory_format=auto) costing {ev['forward_vs_step']:.2f} of its training "
+                          f"({ev.get('eval_layout')}, memory_format={ev.get('memory_format')}) costing "
+                          f"{ev['forward_vs_step']:.2f} of its training "
                           f"step) are {_pct(ev['val_forward_share_of_network'])} of an epoch's network work: the "
                           "floor of the share at trainer.val_every=1.")
         lines[-1] += f" Goal <= {100 * ev['goal']:.0f}%."

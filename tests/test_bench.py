@@ -121,7 +121,7 @@ def fake_result() -> dict:
                        "test_forward_s": 4.0, "test_metrics_s": 1.5, "test_read_s": 0.5, "share_measured": 0.3,
                        "share_projected": 0.15, "share_projected_val_every_2": 0.09, "goal": 0.1,
                        "train_images_per_epoch": 208.0, "val_images_per_epoch": 74.0, "forward_vs_step": 0.26,
-                       "val_forward_share_of_network": 0.084},
+                       "val_forward_share_of_network": 0.084, "eval_layout": "channels_last", "memory_format": "auto"},
             "peers": {"size": 96, "batch": 16, "rounds": 3, "iters": 4, "monai": "1.6.1", "target_params": 1094269,
                       "smp_note": "smp not installed",
                       "rows": [{"model": "ours: U-Net cpu preset", "spec": "ours", "params": 1094269,
