@@ -326,25 +326,34 @@ class LoopProbe(Hook):
         self._probe()
         self._mark("open")
 
+    def on_epoch_end(self, ctx, metrics) -> None:
+        self._mark("end")                       # the last hook: after MLflow logging and the checkpoint hand-off
+
     def on_fit_end(self, ctx) -> None:
         self._mark("close")
         self._probe()
 
     def epochs(self) -> list[dict]:
-        """Per epoch: wall (train start to the next epoch's train start, or to the test evaluation;
-        bare-step probes left out), train, data wait, val, log and other seconds, the images seen,
-        whether it was validated, and the bare step img/s measured just before / after it (None without
-        probes)."""
+        """Per epoch: wall (train start to the next epoch's train start; the last epoch to the end of its
+        epoch-end hooks, or without that mark to the test evaluation; bare-step probes left out), train,
+        data wait, val, log and other seconds, the images seen, whether it was validated, and the bare step
+        img/s measured just before / after it (None without probes).
+
+        The last epoch stops at its epoch-end mark because what follows it happens once per run, not once
+        per epoch: fit's end waits for the last background checkpoint write (every other epoch pays for its
+        predecessor's write by sharing the CPU with it), and the best weights are reloaded for the test pass."""
         trains = [i for i, s in enumerate(self.spans) if s[0] == "train"]
         probes = [s for s in self.spans if s[0] == "probe"]
         out = []
         for k, i in enumerate(trains):
             start = self.spans[i][1]
+            last_end = None
             if k + 1 < len(trains):
                 stop = self.spans[trains[k + 1]][1]
             else:
+                last_end = next((m for m in self.marks if m[0] == "end" and m[1] > start), None)
                 tests = [s[1] for s in self.spans[i:] if s[0] == "eval" and s[3] == "test"]
-                stop = tests[0] if tests else max(s[2] for s in self.spans[i:])
+                stop = last_end[1] if last_end else tests[0] if tests else max(s[2] for s in self.spans[i:])
             inside = [s for s in self.spans if start <= s[1] < stop]
             span = lambda kind: sum(s[2] - s[1] for s in inside if s[0] == kind)  # noqa: E731
             train, info = self.spans[i][2] - self.spans[i][1], self.spans[i][3]
@@ -355,7 +364,7 @@ class LoopProbe(Hook):
             after = [s[3] for s in probes if s[1] >= start]
             wall = stop - start - probe
             opened = [m for m in self.marks if m[0] == "open" and m[1] <= start]
-            closed = [m for m in self.marks if m[0] == "close" and m[1] > start]
+            closed = [last_end] if last_end else [m for m in self.marks if m[0] == "close" and m[1] > start]
             cpu = closed[0][2] - opened[-1][2] if opened and closed else None
             out.append({"wall_s": wall, "train_s": train, "data_s": info["data_wait"],
                         "compute_s": train - info["data_wait"], "val_s": val, "val_forward_s": forward,
@@ -1160,7 +1169,9 @@ def write_md(res: dict) -> str:
                       f"grad_clip {r0.get('grad_clip')}, trainer.val_every={r0.get('val_every')}), "
                       f"{r0.get('epochs_run')} epochs, logging to a {loop['store']}; epoch 1 warms up (the decoded-"
                       "sample cache fills), the others are measured. Each epoch's wall time runs from its training "
-                      "start to the next one's (training, validation if due, MLflow logging, checkpoint). The bare "
+                      "start to the next one's (training, validation if due, MLflow logging, checkpoint), the last "
+                      "one's to the end of its epoch-end hooks (waiting for the last background checkpoint write "
+                      "and reloading best.pt happen once per run, as the test pass does). The bare "
                       "step (seg.models.summary.bench_train, same model, batch and size) is measured by the "
                       "benchmark's hook at every epoch start and at the end of fit, i.e. just before and after each "
                       "epoch, and left out of the epoch's time; step img/s = their mean. **loop / step** = a "

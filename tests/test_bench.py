@@ -379,6 +379,25 @@ def test_loop_probe_measures_each_epochs_cpu_time_between_its_marks():
     assert cycle_efficiency([first, second], 2, 4.0, "cpu_s") == pytest.approx(64 / 14 / 4.0)
 
 
+def test_the_last_epoch_ends_at_its_epoch_end_hooks_not_at_the_test_pass():
+    """What fit does once at its end (waiting for the last background checkpoint write) and the reload of
+    best.pt before the test pass are per-run costs: the last epoch's wall and CPU time stop at its "end" mark
+    (the probe's on_epoch_end, after MLflow logging); earlier epochs still run to the next training start."""
+    probe = LoopProbe()
+    probe.marks = [("open", -0.5, 1.0), ("end", 10.6, 8.8), ("close", 11.0, 9.0), ("open", 11.5, 9.5),
+                   ("end", 19.0, 15.0), ("close", 20.5, 15.9)]             # fit end: 1.5 s of flush + reload
+    probe.spans = [("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}), ("eval", 8.0, 10.0, "val"),
+                   ("log", 10.0, 10.6, None), ("probe", 11.0, 11.5, 20.0),
+                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}), ("log", 18.5, 19.0, None),
+                   ("eval", 21.0, 25.0, "test")]
+    first, second = probe.epochs()
+    assert first["wall_s"] == 11.5 and first["cpu_s"] == 8.0          # to the next training start, probe left out
+    assert second["wall_s"] == 7.0 and second["other_s"] == pytest.approx(0.5)
+    assert second["cpu_s"] == pytest.approx(5.5)                        # "open" 9.5 -> "end" 15.0, not "close"
+    probe.marks = [m for m in probe.marks if m[0] != "end"]              # without the marks: to the test pass
+    assert probe.epochs()[1]["wall_s"] == 9.0
+
+
 def test_bare_step_reports_wall_and_cpu_rates():
     from benchmarks.run import bare_step
 
