@@ -209,7 +209,7 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     model = build(cfg.model)
     layout = cfg.get("memory_format", "auto")
     model = model.to(device, memory_format=memory_format(layout, device, model))
-    eval_layout = memory_format(layout, device, model, inference=True)    # on CPU channels_last for validation
+    eval_layout = memory_format(layout, device, model, inference=True)   # auto: U-Net / ResU-Net NHWC on CPU too
     loss_fn = build(cfg.loss).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     scheduler = build(cfg.scheduler, optimizer=optimizer)
