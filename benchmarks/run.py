@@ -622,12 +622,9 @@ def section_eval3d(quick: bool, threads: int | None = None) -> dict:
     test_metrics = sum(s[2] - s[1] for s in spans if s[0] == "metrics" and s[1] >= test[1])
     fit_s = test[1] - first
     total = test[2] - first
-    trains = [s for s in spans if s[0] == "train"]
-    val_forwards = [s for s in spans if s[0] == "forward" and s[1] < test[1]]
-    train_images = sum(s[3]["seen"] for s in trains)
-    train_s = sum(s[2] - s[1] for s in trains) - sum(s[3]["data_wait"] for s in trains)
-    val_images = sum(s[3] for s in val_forwards)
-    val_forward_s = sum(s[2] - s[1] for s in val_forwards)
+    epochs_sum = sum_epochs(probe.epochs())      # training steps (without the DataLoader wait), validation forwards
+    train_images, train_s = epochs_sum["seen"], epochs_sum["compute_s"]
+    val_images, val_forward_s = epochs_sum["val_cases"], epochs_sum["val_forward_s"]
     per_epoch, val_per_epoch = fit_s / epochs, val_s / epochs
     profile_epochs = int(preset("unet", "cpu", "acdc").trainer.epochs)
     projected = (profile_epochs * val_per_epoch + test_s) / (profile_epochs * per_epoch + test_s)
