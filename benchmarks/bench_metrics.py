@@ -42,6 +42,7 @@ from scipy import ndimage
 import monai
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from seg.metrics import dice, hausdorff, iou
+from seg.runtime import retain_freed_memory
 
 TOL = 1e-4
 TOL_OVERLAP = 1e-6
@@ -146,7 +147,9 @@ def main() -> int:
     warnings.simplefilter("ignore")                  # MONAI deprecation chatter
     default_threads = torch.get_num_threads()
     torch.set_num_threads(1)                         # MONAI at its fastest (see the module docstring)
+    malloc = retain_freed_memory()                   # both sides, as in a training run's process
     info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "malloc": "retain" if malloc else "system",
             "torch_threads_default": default_threads, "python": platform.python_version(),
             "numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__, "monai": monai.__version__,
             "machine": platform.platform()}

@@ -40,6 +40,7 @@ import seg.config  # noqa: F401  (project_root resolver)
 from seg.config import build, compose
 from seg.engine.checkpoint import best_payload, save_atomic
 from seg.predict import load_checkpoint, model_from_checkpoint, predict_inputs
+from seg.runtime import retain_freed_memory
 
 MODELS = ("unet", "resunet", "transunet")
 OUT = ROOT / "outputs" / "bench"
@@ -91,6 +92,7 @@ def main() -> int:
         parser.error("--images and --repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()            # as seg.predict does, for the network-alone passes timed in this process
     device = torch.device("cpu")
     started = time.perf_counter()
     rows = []

@@ -28,6 +28,10 @@ Sections, in order:
             just before and after it, by wall time and by process CPU time. loop / step for a
             val_every=2 cycle (the goal, >= 0.90) and for validation every epoch; shares data / step /
             val / checkpoint+log. The loop's code runs unchanged.
+  malloc    benchmarks/bench_malloc.py (a U-Net cpu-preset training run) in fresh processes under
+            $SEGSWEEP_MALLOC=system (glibc's own policy) and =retain (seg.runtime.retain_freed_memory,
+            what every run and every other section uses), alternating, 2 rounds: wall and CPU time,
+            minor page faults, peak memory.
   eval3d    the 3D evaluation's share (validation + test pass with HD / HD95 / ASSD) of a cpu-profile ACDC
             phantom run of 3 epochs, measured by the same hook and projected to the profile's epochs.
   peers     MONAI BasicUNet and UNet (num_res_units=2) at the parameter count nearest to our U-Net
@@ -77,12 +81,12 @@ from seg.config import build, compose
 from seg.data import open_dataset
 from seg.engine.loop import Hook
 from seg.models.summary import _EXTRA_FLOPS, bench_train, count_flops, n_params
-from seg.runtime import memory_format, weights_layout
+from seg.runtime import memory_format, retain_freed_memory, weights_layout
 
 OUT = ROOT / "outputs" / "bench"
 MODELS = ("unet", "resunet", "transunet")
 DATASETS = ("covid_infection", "acdc")   # dataset.root unset: the embedded phantoms
-SECTIONS = ("roofline", "step", "loop", "eval3d", "peers", "data", "metrics", "predict", "gpu")
+SECTIONS = ("roofline", "step", "loop", "malloc", "eval3d", "peers", "data", "metrics", "predict", "gpu")
 GOALS = {"loop": 0.90, "data": 3.0}
 SMP_VERSION = "0.6.0"
 # smp encoders tried for the parameter count nearest to our U-Net presets (no pretrained weights)
@@ -592,6 +596,35 @@ def section_loop(quick: bool, threads: int | None = None) -> dict:
             "store": "MLflow sqlite store in a temporary directory"}
 
 
+def section_malloc(quick: bool, threads: int | None = None) -> dict:
+    """The allocator policy's effect on the training loop: benchmarks/bench_malloc.py (a U-Net cpu-preset run,
+    the epochs after the first measured) in fresh processes with $SEGSWEEP_MALLOC=system (glibc's own policy)
+    and =retain (seg.runtime.retain_freed_memory, what every run uses), alternating, `rounds` times each.
+    speed-up = median wall time under system / median under retain."""
+    rounds, epochs = (1, 3) if quick else (2, 5)
+    runs: dict[str, list[dict]] = {"system": [], "retain": []}
+    args = ["--model", "unet", "--epochs", str(epochs)] + (["--threads", str(threads)] if threads else [])
+    for _ in range(rounds):
+        for mode in runs:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_malloc", *args], cwd=ROOT, timeout=600,
+                                  env={**os.environ, "SEGSWEEP_MALLOC": mode}, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"benchmarks/bench_malloc.py with SEGSWEEP_MALLOC={mode} exited "
+                                   f"{proc.returncode}: {proc.stderr.strip()[-500:]}")
+            runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    med = {mode: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "user_s", "system_s", "minor_faults",
+                                                                     "max_rss_mb")} for mode, rs in runs.items()}
+    out = {"model": "unet cpu", "epochs": epochs, "measured_epochs": runs["retain"][0]["measured_epochs"],
+           "rounds": rounds, "runs": runs, "median": med,
+           "speedup": med["system"]["wall_s"] / med["retain"]["wall_s"],
+           "cpu_speedup": (med["system"]["user_s"] + med["system"]["system_s"])
+           / (med["retain"]["user_s"] + med["retain"]["system_s"])}
+    log(f"  unet cpu, {out['measured_epochs']} epochs: wall {med['system']['wall_s']:.1f} s (system) vs "
+        f"{med['retain']['wall_s']:.1f} s (retain), x{out['speedup']:.2f}; minor faults "
+        f"{med['system']['minor_faults']:.0f} vs {med['retain']['minor_faults']:.0f}")
+    return out
+
+
 GOALS["eval3d"] = 0.10
 
 
@@ -997,6 +1030,13 @@ def ratios(res: dict) -> list[dict]:
             out.append({"name": f"loop / step, every epoch validated (val_every=1), {row['model']}",
                         "value": row["ratio_val_every_1"], "goal": None, "met": None,
                         "note": "from the validated epochs of the same run"})
+    mal = sec.get("malloc", {})
+    if "speedup" in mal:
+        out.append({"name": f"training loop, glibc's policy / freed memory kept (wall time), {mal['model']}",
+                    "value": mal["speedup"], "goal": None, "met": None,
+                    "note": f"minor page faults over {mal['measured_epochs']} epochs: "
+                            f"{mal['median']['system']['minor_faults']:,.0f} vs {mal['median']['retain']['minor_faults']:,.0f};"
+                            f" by CPU time x{mal['cpu_speedup']:.2f}"})
     ev = sec.get("eval3d", {})
     if "share_measured" in ev:
         out.append({"name": f"3D evaluation share of an ACDC cpu-profile run ({ev['epochs']} epochs)",
@@ -1053,6 +1093,8 @@ def summary_keys(res: dict) -> dict:
             while "__" in slug:
                 slug = slug.replace("__", "_")
             keys[f"hd95_speedup_{slug}"] = r["ratio"]
+    if "speedup" in sec.get("malloc", {}):
+        keys["malloc_retain_speedup_unet_cpu"] = sec["malloc"]["speedup"]
     ev = sec.get("eval3d", {})
     if "share_measured" in ev:
         keys["eval3d_share_acdc_cpu"] = ev["share_measured"]
@@ -1087,13 +1129,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
             *("| " + " | ".join(str(c) for c in r) + " |" for r in rows)]
 
 
+def _malloc(mode: str | None) -> str:
+    return {"retain": "freed memory kept for reuse (seg.runtime.retain_freed_memory)",
+            "system": "the C library's own policy"}.get(mode, "not recorded")
+
+
 def write_md(res: dict) -> str:
     """bench.md from bench.json's dict (sections may be missing or hold an "error")."""
     m, sec = res.get("machine", {}), res.get("sections", {})
     lines = ["# segsweep benchmarks", "",
              f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores (torch threads: {m.get('torch_threads', '?')}"
              f"), torch {m.get('torch', '?')}, Python {m.get('python', '?')}, {m.get('platform', '?')}; "
-             f"GPU: {m.get('cuda') or 'none'}; run {m.get('date_utc', '?')}, {_num(res.get('total_s'), '.0f')} s"
+             f"GPU: {m.get('cuda') or 'none'}; malloc: {_malloc(m.get('malloc'))}; run {m.get('date_utc', '?')}, {_num(res.get('total_s'), '.0f')} s"
              + (f"; commit {m['commit'][:12]}{' (with uncommitted changes)' if m.get('dirty') else ''}"
                 if m.get("commit") else "") + ".",
              "", "The CPU is shared: absolute numbers are noisy (load average at start "
@@ -1193,7 +1240,25 @@ def write_md(res: dict) -> str:
                       f"second, noisier estimate of the step's own overhead. Goal >= {loop['goal']:.2f}."]
     else:
         lines += error("loop")
-    lines += ["", "## 3b. 3D evaluation's share of a cpu-profile ACDC run", ""]
+    lines += ["", "## 3b. Freed memory kept for reuse vs glibc's own policy", ""]
+    mal = sec.get("malloc")
+    if not error("malloc"):
+        lines += _table(("model", "$SEGSWEEP_MALLOC", "wall (s)", "user CPU (s)", "system CPU (s)", "minor page faults",
+                         "peak RSS (MB)", "runs"),
+                        [(mal["model"], mode, _num(m["wall_s"], ".1f"), _num(m["user_s"], ".1f"),
+                          _num(m["system_s"], ".1f"), f"{m['minor_faults']:,.0f}", _num(m["max_rss_mb"], ".0f"),
+                          ", ".join(f"{r['wall_s']:.1f} s" for r in mal["runs"][mode]))
+                         for mode, m in mal["median"].items()])
+        lines += ["", f"benchmarks/bench_malloc.py: seg.train.run on covid_infection (cpu profile, trainer.val_every=2), "
+                      f"{mal['epochs']} epochs of which the last {mal['measured_epochs']} are measured (wall and process "
+                      f"resources from each epoch's start to its end), in a fresh process per run, {mal['rounds']} "
+                      "round(s) alternating the policy; medians. system = glibc's own policy (big freed blocks go back "
+                      "to the OS and the next step faults in fresh zeroed pages); retain = seg.runtime.retain_freed_memory, "
+                      "what training, seg.predict and the other sections here use. Wall time system / retain: "
+                      f"**x{mal['speedup']:.2f}** (CPU time x{mal['cpu_speedup']:.2f})."]
+    else:
+        lines += error("malloc")
+    lines += ["", "## 3c. 3D evaluation's share of a cpu-profile ACDC run", ""]
     ev = sec.get("eval3d")
     if not error("eval3d"):
         lines += _table(("run", "epochs", "training + evaluation (s)", "validation (s)", "test pass (s)",
@@ -1395,7 +1460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)       # the metrics / predict subprocesses
     t_all = time.perf_counter()
-    res: dict[str, Any] = {"machine": machine_info(), "quick": args.quick, "sections": {}, "section_s": {}}
+    malloc = retain_freed_memory()          # every section as training runs (seg.train.run sets it too)
+    res: dict[str, Any] = {"machine": {**machine_info(), "malloc": "retain" if malloc else "system"},
+                           "quick": args.quick, "sections": {}, "section_s": {}}
     log("machine: " + ", ".join(f"{k} {v}" for k, v in res["machine"].items()))
     sec = res["sections"]
     ceiling = None
@@ -1403,6 +1470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("roofline", lambda: section_roofline(args.quick)),
         ("step", lambda: section_step(args.quick, ceiling)),
         ("loop", lambda: section_loop(args.quick, args.threads)),
+        ("malloc", lambda: section_malloc(args.quick, args.threads)),
         ("eval3d", lambda: section_eval3d(args.quick, args.threads)),
         ("peers", lambda: section_peers(args.quick, ceiling)),
         ("data", lambda: section_data(args.quick, sec.get("step"))),

@@ -36,7 +36,8 @@ from seg.engine.inference import evaluate
 from seg.engine.loop import Fit, Hook, LoopState, NonFiniteWeightsError, fit
 from seg.metrics import CASE_COLUMNS, summarize
 from seg.schema import ConfigError, validate
-from seg.runtime import amp_dtype, memory_format, seed_everything, seed_worker, select_device, set_threads
+from seg.runtime import (amp_dtype, memory_format, retain_freed_memory, seed_everything, seed_worker, select_device,
+                         set_threads)
 from seg.sweep import (HOST, config_hash, config_lock, holder_text, hydra_context, live_owner, plan_resume,
                        previous_runs, sweep_parent_id, write_job_status)
 from seg.tracking import (NOTE_TAG, Tracker, describe_experiment, kill_sweep_parent, log_dataset_input, log_pyfunc_model,
@@ -114,6 +115,7 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
     job = ctx["job"]
     out_dir.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
+    retain_freed_memory()          # a cpu-preset run is 12-15 % faster without the page faults (seg.runtime)
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     dtype = amp_dtype(cfg.amp, device)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ from torch import nn
 
 from benchmarks.run import (GOALS, README_END, README_START, LoopProbe, bench_loop_step, cycle_efficiency,
                             finalize_ceiling, loop_breakdown, loop_shares, main, matmul_gflops, nearest_width,
-                            parse_args, rate, ratios, readme_block, summary_keys, sum_epochs, train_flops,
-                            update_readme, write_md)
+                            parse_args, rate, ratios, readme_block, section_malloc, summary_keys, sum_epochs,
+                            train_flops, update_readme, write_md)
 from seg.config import build
 from tests.conftest import compose_cfg
 
@@ -97,7 +98,7 @@ def fake_result() -> dict:
              "val_metrics_s": 0.3, "val_read_s": 0.5, "log_s": 0.1, "other_s": 0.1, "seen": 96, "val_cases": 29}
     return {
         "machine": {"cpu": "Test CPU 9000", "cores": 2, "torch_threads": 2, "torch": "2.13.0", "python": "3.11",
-                    "platform": "Linux", "date_utc": "2026-11-23 12:00 UTC", "cuda": None,
+                    "platform": "Linux", "date_utc": "2026-11-23 12:00 UTC", "cuda": None, "malloc": "retain",
                     "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [2.0, 2.0, 2.0]},
         "total_s": 300.0, "section_s": {"roofline": 3.0},
         "sections": {
@@ -116,6 +117,14 @@ def fake_result() -> dict:
                                "measured": epoch,
                                "breakdown": loop_breakdown(epoch, 12.0),
                                "shares": loop_shares(loop_breakdown(epoch, 12.0))}]},
+            "malloc": {"model": "unet cpu", "epochs": 5, "measured_epochs": 4, "rounds": 2, "speedup": 1.25,
+                       "cpu_speedup": 1.2,
+                       "runs": {"system": [{"wall_s": 25.0}, {"wall_s": 27.0}], "retain": [{"wall_s": 20.0},
+                                                                                         {"wall_s": 22.0}]},
+                       "median": {"system": {"wall_s": 26.0, "user_s": 40.0, "system_s": 4.0, "minor_faults": 950000.0,
+                                             "max_rss_mb": 880.0},
+                                  "retain": {"wall_s": 21.0, "user_s": 36.0, "system_s": 0.5, "minor_faults": 2000.0,
+                                             "max_rss_mb": 890.0}}},
             "eval3d": {"dataset": "acdc (phantom)", "model": "unet cpu", "epochs": 3, "profile_epochs": 16,
                        "run_s": 40.0, "train_and_eval_s": 30.0, "fit_s": 24.0, "val_s": 3.0, "test_s": 6.0,
                        "test_forward_s": 4.0, "test_metrics_s": 1.5, "test_read_s": 0.5, "share_measured": 0.3,
@@ -193,7 +202,7 @@ def test_write_md_says_which_sections_did_not_run_or_failed():
     res["sections"] = {"roofline": {"error": "RuntimeError: boom"}}
     md = write_md(res)
     assert "Failed: `RuntimeError: boom`" in md
-    assert md.count("Not run (--sections).") == 8
+    assert md.count("Not run (--sections).") == 9
 
 
 def test_render_rederives_a_saved_bench_json(tmp_path, capsys):
@@ -251,7 +260,7 @@ def test_summary_keys_name_each_preset_and_the_slowest_hd95_case():
 def test_eval3d_share_is_rendered_with_its_goal_as_an_upper_bound():
     res = fake_result()
     md = write_md(res)
-    assert "## 3b. 3D evaluation's share of a cpu-profile ACDC run" in md
+    assert "## 3c. 3D evaluation's share of a cpu-profile ACDC run" in md
     assert "| unet cpu on acdc (phantom) | 3 | 30.0 | 3.0 | 6.0 | 4.0 | 1.5 | 0.5 | **30.0%** | 15.0% | 9.0% |" in md
     assert "| 3D evaluation share of an ACDC cpu-profile run (3 epochs) | 0.300 | <= 0.1 | **missed** |" in md
     assert ("Validation's forward passes alone (74 slices per epoch against 208 training slices, one slice's forward "
@@ -261,6 +270,33 @@ def test_eval3d_share_is_rendered_with_its_goal_as_an_upper_bound():
     assert "Validation's forward passes alone" not in write_md(res) and "Goal <= 10%." in write_md(res)
     assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** | trainer.val_every=2; shares of the epochs:" in md
     assert "| unet cpu | **0.80** | 0.75 | 0.78 | 0.74 - 0.91 |" in md     # single epochs: the spread, None left out
+
+
+def test_malloc_section_compares_the_two_policies_by_their_median_runs(monkeypatch):
+    """section_malloc starts benchmarks/bench_malloc.py once per policy and round with $SEGSWEEP_MALLOC set,
+    alternating; speed-up = median wall under system / median under retain; rendered with the machine's policy."""
+    walls = {"system": iter([30.0, 26.0]), "retain": iter([20.0, 24.0])}
+    seen = []
+
+    def fake_run(cmd, env, **kw):
+        mode = env["SEGSWEEP_MALLOC"]
+        seen.append((mode, cmd[cmd.index("--epochs") + 1]))
+        out = {"measured_epochs": 4, "wall_s": next(walls[mode]), "user_s": 10.0, "system_s": 2.0 if mode == "system"
+               else 0.5, "minor_faults": 9e5 if mode == "system" else 10.0, "max_rss_mb": 800.0}
+        return SimpleNamespace(returncode=0, stdout="chatter\n" + json.dumps(out) + "\n", stderr="")
+
+    monkeypatch.setattr("benchmarks.run.subprocess.run", fake_run)
+    out = section_malloc(quick=False)
+    assert seen == [("system", "5"), ("retain", "5"), ("system", "5"), ("retain", "5")]
+    assert out["speedup"] == pytest.approx(28.0 / 22.0) and out["cpu_speedup"] == pytest.approx(12.0 / 10.5)
+    res = fake_result()
+    md = write_md(res)
+    assert "malloc: freed memory kept for reuse (seg.runtime.retain_freed_memory)" in md
+    assert "| unet cpu | system | 26.0 | 40.0 | 4.0 | 950,000 | 880 | 25.0 s, 27.0 s |" in md
+    assert "Wall time system / retain: **x1.25** (CPU time x1.20)." in md
+    ratio = {r["name"]: r for r in ratios(res)}["training loop, glibc's policy / freed memory kept (wall time), unet cpu"]
+    assert ratio["value"] == 1.25 and "950,000 vs 2,000" in ratio["note"]
+    assert summary_keys(res)["malloc_retain_speedup_unet_cpu"] == 1.25
 
 
 def test_readme_table_is_replaced_between_its_markers(tmp_path):

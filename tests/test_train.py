@@ -263,10 +263,11 @@ def test_the_test_pass_scores_the_best_epochs_weights_not_the_last(tmp_path, see
     assert any(not torch.equal(tested[k], snaps.weights[2][k]) for k in tested)
 
 
-def test_cpu_training_stays_contiguous_and_evaluation_runs_channels_last(tmp_path, seeded_store, phantom_cache):
+def test_cpu_training_stays_contiguous_and_evaluation_runs_channels_last(tmp_path, seeded_store, phantom_cache,
+                                                                         monkeypatch):
     """memory_format=auto on the CPU, U-Net: the training steps run on contiguous weights (the CPU's faster
     layout for training), validation and the test pass on channels_last ones (the faster one for inference),
-    and best.pt holds the training layout."""
+    and best.pt holds the training layout. The run also sets the allocator policy (seg.runtime) once."""
     import seg.train
     from seg.engine import checkpoint
     from seg.engine.loop import Hook
@@ -284,7 +285,10 @@ def test_cpu_training_stays_contiguous_and_evaluation_runs_channels_last(tmp_pat
                        "resume=false", "device=cpu"])
     assert cfg.memory_format == "auto"
     probe = Layouts()
+    malloc_calls = []
+    monkeypatch.setattr(seg.train, "retain_freed_memory", lambda: malloc_calls.append(1) or True)
     seg.train.run(cfg, hooks=[probe])
+    assert malloc_calls == [1]
     train = {layout for training, layout in probe.seen if training}
     evals = [layout for training, layout in probe.seen if not training]
     assert train == {torch.contiguous_format}

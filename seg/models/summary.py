@@ -253,7 +253,7 @@ def _run(args: argparse.Namespace) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from seg.config import build, compose
-    from seg.runtime import select_device
+    from seg.runtime import retain_freed_memory, select_device
 
     try:
         cfg = compose(args.overrides)
@@ -267,6 +267,7 @@ def _run(args: argparse.Namespace) -> int:
         if threads:
             torch.set_num_threads(int(threads))
         device = select_device(args.device or cfg.device)
+        retain_freed_memory()                   # as a training run does: the step is timed as it runs there
     except (ValueError, HydraException, OmegaConfBaseException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

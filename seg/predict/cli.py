@@ -21,7 +21,7 @@ from seg.predict.cardiac import add_ejection_fractions
 from seg.predict.inputs import expand_inputs, load_job
 from seg.predict.model import Model, ModelError, resolve_model
 from seg.predict.outputs import CSV_FIELDS, structure_rows, write_label, write_overlay
-from seg.runtime import select_device, set_threads
+from seg.runtime import retain_freed_memory, select_device, set_threads
 
 log = logging.getLogger("seg.predict")
 
@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     set_threads(args.threads)
+    retain_freed_memory()
     problem = check_out(args.out)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -231,10 +231,10 @@ def test_tta_is_flip_equivariant(ckpts, tmp_path, covid_root):
 
 
 @pytest.mark.parametrize("task", ["phantom_xray", "phantom_cardiac", "phantom_ct_heart"])
-def test_predict_and_the_loops_test_pass_give_identical_per_case_dice(task, ckpts, tmp_path):
+def test_predict_and_the_loops_test_pass_give_identical_per_case_dice(task, ckpts, tmp_path, monkeypatch):
     """One inference path: `seg.predict` on a run's test files and the training loop's test pass
     (seg.train.test_pass) on the same checkpoint give the same per-case, per-structure Dice; both run the
-    forward passes in the same layout."""
+    forward passes in the same layout, and the command sets the allocator policy a training run sets."""
     from types import SimpleNamespace
 
     from seg.runtime import amp_dtype, stored_layout
@@ -256,7 +256,10 @@ def test_predict_and_the_loops_test_pass_give_identical_per_case_dice(task, ckpt
     loop_rows, _ = test_pass(model.net, SimpleNamespace(test=cases, class_names=data.class_names),
                              torch.device("cpu"), dtype, model.num_classes)
     out = tmp_path / "out"
+    malloc_calls = []
+    monkeypatch.setattr("seg.predict.cli.retain_freed_memory", lambda: malloc_calls.append(1) or True)
     assert main([str(ckpts[task]), *map(str, inputs), "--out", str(out)]) == 0
+    assert malloc_calls == [1]
     predict_rows = []
     for case, src in zip(cases, inputs):
         if src.suffix == ".png":
