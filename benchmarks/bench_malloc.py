@@ -22,6 +22,18 @@ import time
 from seg.engine.loop import Hook
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB: VmHWM (its own address space, from exec on; ru_maxrss would
+    carry the parent's peak across fork + exec, the benchmark process's ~3 GB), None where /proc has none."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def usage() -> tuple[float, float, float, int]:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt
@@ -64,7 +76,7 @@ def main(argv=None) -> int:
     wall, user, system, faults = (sum(e[i] for e in hook.epochs) for i in range(4))
     print(json.dumps({"model": f"{args.model} cpu", "malloc": os.environ.get("SEGSWEEP_MALLOC", "retain"),
                       "measured_epochs": len(hook.epochs), "wall_s": wall, "user_s": user, "system_s": system,
-                      "minor_faults": faults, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "minor_faults": faults, "max_rss_mb": peak_rss_mb()}))
     return 0
 
 

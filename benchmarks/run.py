@@ -612,8 +612,8 @@ def section_malloc(quick: bool, threads: int | None = None) -> dict:
                 raise RuntimeError(f"benchmarks/bench_malloc.py with SEGSWEEP_MALLOC={mode} exited "
                                    f"{proc.returncode}: {proc.stderr.strip()[-500:]}")
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    med = {mode: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "user_s", "system_s", "minor_faults",
-                                                                     "max_rss_mb")} for mode, rs in runs.items()}
+    med = {mode: {k: statistics.median(r[k] for r in rs) if all(r.get(k) is not None for r in rs) else None
+                  for k in ("wall_s", "user_s", "system_s", "minor_faults", "max_rss_mb")} for mode, rs in runs.items()}
     out = {"model": "unet cpu", "epochs": epochs, "measured_epochs": runs["retain"][0]["measured_epochs"],
            "rounds": rounds, "runs": runs, "median": med,
            "speedup": med["system"]["wall_s"] / med["retain"]["wall_s"],
