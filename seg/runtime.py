@@ -141,10 +141,10 @@ def retain_freed_memory() -> bool:
 
     torch's CPU tensors come from malloc. By default glibc hands big freed blocks straight back to the OS
     (munmap, heap trimming), so the next step's activations fault in fresh zeroed pages: about a million
-    page faults per 8 epochs of a cpu-preset run, 12-15 % of its wall time on this project's 2-core test
-    machine (benchmarks/RESULTS.md). With blocks up to 32 MiB served from the heap and up to 1 GiB of free
-    heap kept, the same run takes almost none and its peak memory stays the same. Call it once, early; it
-    changes no result, only where memory comes from. $SEGSWEEP_MALLOC=system leaves malloc as it is;
+    page faults per 8 epochs of a cpu-preset run, 10-15 % of its wall time on this project's 2-core test
+    machine (README, "Speed settings"; benchmarks/RESULTS.md, 3b). With blocks up to 32 MiB served from the
+    heap and up to 1 GiB of free heap kept, the same run takes almost none, and its peak memory was -2 to +8 %
+    of the default's. Call it once, early; it changes no result, only where memory comes from. $SEGSWEEP_MALLOC=system leaves malloc as it is;
     elsewhere than Linux with glibc nothing is done (False). Forked DataLoader workers inherit it.
     """
     mode = os.environ.get(MALLOC_ENV, "retain").strip().lower() or "retain"

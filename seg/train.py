@@ -115,7 +115,7 @@ def _run(cfg: DictConfig, ctx: dict, hooks: Sequence[Hook]) -> float:
     job = ctx["job"]
     out_dir.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
-    retain_freed_memory()          # a cpu-preset run is 12-15 % faster without the page faults (seg.runtime)
+    retain_freed_memory()          # a cpu-preset run is 10-15 % faster without the page faults (seg.runtime)
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     dtype = amp_dtype(cfg.amp, device)
