@@ -144,8 +144,9 @@ def retain_freed_memory() -> bool:
     page faults per 8 epochs of a cpu-preset run, 10-15 % of its wall time on this project's 2-core test
     machine (README, "Speed settings"; benchmarks/RESULTS.md, 3b). With blocks up to 32 MiB served from the
     heap and up to 1 GiB of free heap kept, the same run takes almost none, and its peak memory was -2 to +8 %
-    of the default's. Call it once, early; it changes no result, only where memory comes from. $SEGSWEEP_MALLOC=system leaves malloc as it is;
-    elsewhere than Linux with glibc nothing is done (False). Forked DataLoader workers inherit it.
+    of the default's. Call it once, early; it changes no result, only where memory comes from.
+    $SEGSWEEP_MALLOC=system leaves malloc as it is; elsewhere than Linux with glibc nothing is done (False).
+    Forked DataLoader workers inherit it. A value other than retain / system: ValueError naming the variable.
     """
     mode = os.environ.get(MALLOC_ENV, "retain").strip().lower() or "retain"
     if mode not in MALLOC_MODES:
