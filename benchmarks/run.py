@@ -649,13 +649,13 @@ def section_eval3d(quick: bool, threads: int | None = None) -> dict:
     spans = probe.spans
     first = min(s[1] for s in spans if s[0] == "train")
     test = [s for s in spans if s[0] == "eval" and s[3] == "test"][0]
-    val_s = sum(s[2] - s[1] for s in spans if s[0] == "eval" and s[3] == "val")
     test_s = test[2] - test[1]
     test_forward = sum(s[2] - s[1] for s in spans if s[0] == "forward" and s[1] >= test[1])
     test_metrics = sum(s[2] - s[1] for s in spans if s[0] == "metrics" and s[1] >= test[1])
     fit_s = test[1] - first
     total = test[2] - first
-    epochs_sum = sum_epochs(probe.epochs())      # training steps (without the DataLoader wait), validation forwards
+    epochs_sum = sum_epochs(probe.epochs())      # validation, training steps (without the DataLoader wait), forwards
+    val_s = epochs_sum["val_s"]
     train_images, train_s = epochs_sum["seen"], epochs_sum["compute_s"]
     val_images, val_forward_s = epochs_sum["val_cases"], epochs_sum["val_forward_s"]
     per_epoch, val_per_epoch = fit_s / epochs, val_s / epochs
