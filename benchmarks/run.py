@@ -79,6 +79,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from seg import PROJECT_ROOT as ROOT
 from seg.config import build, compose
 from seg.data import open_dataset
+from seg.engine.inference import folded_batchnorm
 from seg.engine.loop import Hook
 from seg.models.summary import _EXTRA_FLOPS, bench_train, count_flops, n_params
 from seg.runtime import memory_format, retain_freed_memory, weights_layout
@@ -501,10 +502,11 @@ def bench_forward(model: nn.Module, in_channels: int, size: int, batch: int = 1,
                   repeats: int = 3, layout: torch.memory_format | None = None) -> float:
     """Inference img/s of model on pre-loaded (batch, in_channels, size, size) noise: eval, no_grad,
     one untimed call, then the median of `repeats` timed windows; with the weights in `layout` (validation's:
-    seg.runtime.memory_format(..., inference=True)) for the measurement, as seg.engine.inference.evaluate runs."""
+    seg.runtime.memory_format(..., inference=True)) and the BatchNorms folded for the measurement, as
+    seg.engine.inference.evaluate runs."""
     x = torch.randn(batch, in_channels, size, size)
     model.eval()
-    with weights_layout(model, layout), torch.no_grad():
+    with weights_layout(model, layout), folded_batchnorm(model), torch.no_grad():
         model(x)
         ips = rate(lambda: (model(x), batch)[1], window, repeats)
     model.train()

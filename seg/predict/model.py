@@ -17,6 +17,7 @@ from seg.data.base import Reader
 from seg.data.datasets import UnknownDataset, predict_reader
 from seg.data.transforms import transforms_pair
 from seg.engine import checkpoint
+from seg.engine.inference import fold_batchnorm
 from seg.runtime import amp_dtype, memory_format
 
 log = logging.getLogger("seg.predict")
@@ -72,7 +73,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Model:
     """Checkpoint dict -> Model on device, in eval mode (the architecture from config.model through the
-    allowlist: seg.engine.checkpoint.build_from), with the run's amp setting."""
+    allowlist: seg.engine.checkpoint.build_from), with the run's amp setting and its BatchNorms folded for good
+    (seg.engine.inference.fold_batchnorm: it only predicts)."""
     config = ckpt["config"]
     dataset = config["dataset"]
     num_classes, image_size = int(dataset["num_classes"]), int(dataset["image_size"])
@@ -97,8 +99,9 @@ def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Mode
     if len(names) != max(num_classes - 1, 1):
         raise ModelError(f"{source}: {num_classes} classes in the config but the {reader.name} reader names "
                          f"{len(names)} structure(s) ({', '.join(names)})")
-    net = net.to(device, memory_format=memory_format("auto", device, net, inference=True))   # by model and device
-    return Model(net.eval(), config, num_classes, image_size, names, reader, source, transform, amp, dtype)
+    net = net.to(device, memory_format=memory_format("auto", device, net, inference=True)).eval()  # by model, device
+    fold_batchnorm(net)       # for good: this network only predicts (the forwards of validation and the test pass)
+    return Model(net, config, num_classes, image_size, names, reader, source, transform, amp, dtype)
 
 
 def best_run(uri: str, experiment: str, metric: str):
