@@ -88,3 +88,36 @@ def test_training_samples_decode_once_but_augment_anew_every_epoch(tmp_path, mon
     shared = cache_mod.decoded_samples()
     assert shared.misses == 1 and shared.hits == 5
     assert any(not np.array_equal(draws[0].numpy(), d.numpy()) for d in draws[1:])
+
+
+def test_acdc_validation_volumes_are_decoded_once_and_the_test_volumes_every_time(acdc_root, acdc_copy, monkeypatch):
+    """Validation reads its cases at every validation: after the first, an ACDC validation case only resizes and
+    normalises its cached slices (the NIfTI files are not read again) and equals a fresh read; a rewritten file is
+    read again; the test split, read once per run, is not kept."""
+    from seg.data.datasets import acdc as acdc_mod
+
+    monkeypatch.setattr(cache_mod, "_SHARED", SampleCache(64 << 20))
+    training = sorted(p.name for p in (acdc_root / "training").iterdir())
+    root = acdc_copy(training=training, testing=sorted(p.name for p in (acdc_root / "testing").iterdir())[:2],
+                     copy=training)                                     # copies: one of their files is touched
+    data = acdc_mod.acdc(str(root), 32, seed=0)
+    reads = []
+    real = acdc_mod.read_nifti
+    monkeypatch.setattr(acdc_mod, "read_nifti", lambda path: reads.append(path) or real(path))
+    first = [data.val[i] for i in range(len(data.val))]
+    assert len(reads) == 2 * len(data.val)                              # image + label of each phase, once
+    again = [data.val[i] for i in range(len(data.val))]
+    assert len(reads) == 2 * len(data.val)
+    fresh = acdc_mod.AcdcCases([e[0] for e in data.val.entries[::2]], data.val.lut, data.val.transform)
+    for a, b, c in zip(first, again, [fresh[i] for i in range(len(fresh))]):
+        assert a.case_id == b.case_id == c.case_id and a.spacing == b.spacing == c.spacing
+        assert np.array_equal(a.image, c.image) and np.array_equal(b.image, c.image)
+        assert np.array_equal(b.label, c.label) and not b.label.flags.writeable
+    reads.clear()
+    image_file = data.val.entries[0][0].files(data.val.entries[0][1])[0]
+    os.utime(image_file, ns=(os.stat(image_file).st_atime_ns, os.stat(image_file).st_mtime_ns + 10**9))
+    data.val[0]
+    assert reads == [image_file, data.val.entries[0][0].files(data.val.entries[0][1])[1]]
+    reads.clear()
+    data.test[0], data.test[0]
+    assert len(reads) == 4

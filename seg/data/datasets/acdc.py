@@ -35,6 +35,7 @@ import albumentations as A
 import numpy as np
 
 from seg.data.base import Case, Published, Reader, Reference, SegData
+from seg.data.cache import decoded_samples
 from seg.data.io.nifti import Volume, nifti_shape, read_nifti  # noqa: F401  (nifti_shape re-exported)
 from seg.data.layout import Folds, resolve_root, split_with_folds
 from seg.data.transforms import PairedDataset, apply_image, transforms_pair, unit_slices
@@ -236,32 +237,46 @@ class AcdcTrain(PairedDataset):
 
 class AcdcCases(Sequence):
     """Val/test: one Case per patient and phase; every file is read and checked here, the cases
-    are then re-read lazily (memory stays one volume).
+    are then re-read lazily (memory stays one volume). With keep_decoded (the validation split, read
+    again at every validation) each phase's decoded volume (slices scaled to [0, 1], labels, spacing) goes
+    to the process-wide decoded-sample cache (seg.data.cache, $SEGSWEEP_SAMPLE_CACHE_MB), so a later
+    read only resizes and normalises its slices; the test split, read once, is not kept.
 
     i -> Case("patient101_ED", image float32 (D, 1, S, S) each slice z-scored, label uint8
-    (D, H0, W0) at the original resolution, spacing (dz, dy, dx) mm, is_3d True,
+    (D, H0, W0) at the original resolution (read-only when kept), spacing (dz, dy, dx) mm, is_3d True,
     meta {"patient", "phase", "group", "frame", "image_file", "label_file"}).
     """
 
-    def __init__(self, patients: Sequence[Patient], lut: np.ndarray, transform: A.Compose):
+    def __init__(self, patients: Sequence[Patient], lut: np.ndarray, transform: A.Compose,
+                 keep_decoded: bool = False):
         self.entries = [(p, phase) for p in patients for phase in PHASES]
         self.lut = lut
         self.transform = transform
+        self.keep_decoded = keep_decoded
         for patient, phase in self.entries:   # before training: every file read, labels and geometry checked
             _load_phase(patient, phase, lut)
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def _decode(self, patient: Patient, phase: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+        """-> (slices scaled to [0, 1] float32 (D, H0, W0), label uint8 (D, H0, W0), spacing (dz, dy, dx))."""
+        image, label = _load_phase(patient, phase, self.lut)
+        return unit_slices(image.array), label, tuple(float(v) for v in image.spacing)
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         patient, phase = self.entries[index]
-        image, label = _load_phase(patient, phase, self.lut)
-        scaled = unit_slices(image.array)
-        x = np.stack([apply_image(self.transform, s) for s in scaled])[:, None]   # (D, 1, S, S)
         image_path, gt_path = patient.files(phase)
-        return Case(case_id=f"{patient.pid}_{phase}", image=x, label=label, spacing=image.spacing,
+        if self.keep_decoded:
+            key = ("acdc", str(image_path), str(gt_path), self.lut.tobytes())
+            scaled, label, spacing = decoded_samples().get(key, (image_path, gt_path),
+                                                           lambda: self._decode(patient, phase))
+        else:
+            scaled, label, spacing = self._decode(patient, phase)
+        x = np.stack([apply_image(self.transform, s) for s in scaled])[:, None]   # (D, 1, S, S)
+        return Case(case_id=f"{patient.pid}_{phase}", image=x, label=label, spacing=spacing,
                     is_3d=True, meta={"patient": patient.pid, "phase": phase, "group": patient.group,
                                       "frame": patient.frames[phase], "image_file": str(image_path),
                                       "label_file": str(gt_path)})
@@ -317,7 +332,7 @@ def acdc(root: str, image_size: int, seed: int = 0, augment: bool = True, val_fr
     train_set = AcdcTrain(train, lut, train_tf)
     data = SegData(
         train=train_set,
-        val=AcdcCases(val, lut, evaluate),
+        val=AcdcCases(val, lut, evaluate, keep_decoded=True),
         test=AcdcCases(test, lut, evaluate),
         class_names=class_names,
         split={"train": [p.pid for p in train], "val": [p.pid for p in val], "test": [p.pid for p in test],
