@@ -113,7 +113,8 @@ def test_a_new_png_pair_task_trains_checks_predicts_and_reports(tmp_path, seeded
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert [(r["input"], r["structure"]) for r in rows] == [(str(image), "disk")]
     # report
-    proc = _cmd(["-m", "seg.report", "--experiment", "png_pairs", "--out", str(tmp_path / "report")], tmp_path)
+    proc = _cmd(["-m", "seg.report", "--experiment", "png_pairs", "--out", str(tmp_path / "report"),
+                 "--include-smoke"], tmp_path)           # limit_train_batches made it a smoke run
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
     assert [(r["task"], r["model"], r["loss"], r["dataset"]) for r in results] == [("png_pairs", "unet", "dice",
