@@ -270,6 +270,12 @@ def test_eval3d_share_is_rendered_with_its_goal_as_an_upper_bound():
     assert "Validation's forward passes alone" not in write_md(res) and "Goal <= 10%." in write_md(res)
     assert "| loop / step, unet cpu | 0.800 | >= 0.9 | **missed** | trainer.val_every=2; shares of the epochs:" in md
     assert "| unet cpu | **0.80** | 0.75 | 0.78 | 0.74 - 0.91 |" in md     # single epochs: the spread, None left out
+    res["sections"]["eval3d"].update(epochs=16, share_measured=0.095)   # a full cpu-profile run: nothing to project
+    md = write_md(res)
+    assert "| unet cpu on acdc (phantom) | 16 | 30.0 | 3.0 | 6.0 | 4.0 | 1.5 | 0.5 | **9.5%** | (measured) | 9.0% |" in md
+    assert ("| 3D evaluation share of an ACDC cpu-profile run (16 epochs) | 0.095 | <= 0.1 | met | goal: at most 10%; "
+            "projected (val_every=2: 9%); test pass 6.0 s") in md
+    assert "cpu profile, 16 epochs (the profile's own count), timed by the same hook" in md
 
 
 def test_malloc_section_compares_the_two_policies_by_their_median_runs(monkeypatch):
