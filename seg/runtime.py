@@ -78,7 +78,9 @@ def memory_format(mode: str, device: torch.device, model: torch.nn.Module | None
     (`inference` True). An explicit channels_last / contiguous is used for both.
 
     auto: channels_last for a model whose class says `prefers_channels_last = True` (U-Net and ResU-Net:
-    conv + BatchNorm have NHWC kernels) on CUDA, and on the CPU for inference only; contiguous otherwise.
+    conv + BatchNorm have NHWC kernels) on CUDA, and on the CPU for inference only; for a model that names
+    `channels_last_parts` (TransUNet's decoder), channels_last on the CPU for inference, which `to_layout` and
+    `weights_layout` apply to those parts only; contiguous otherwise.
     Measured (benchmarks/RESULTS.md and docs/design.md, "Runtime"): H100 fp16 AMP U-Net paper training 401 ->
     648 img/s, TransUNet 167 -> 116 (GroupNorm and the ViT are slower in NHWC, so it stays contiguous); on 2 CPU
     cores the eval forward runs 1.2-1.4x faster channels_last (U-Net / ResU-Net, cpu and paper presets) while
@@ -91,8 +93,21 @@ def memory_format(mode: str, device: torch.device, model: torch.nn.Module | None
     if mode == "auto":
         prefers = bool(getattr(model, "prefers_channels_last", False))
         fast = device.type == "cuda" or (inference and device.type == "cpu")
-        mode = "channels_last" if prefers and fast else "contiguous"
+        parts = bool(getattr(model, "channels_last_parts", ())) and inference and device.type == "cpu"
+        mode = "channels_last" if (prefers and fast) or parts else "contiguous"
     return torch.channels_last if mode == "channels_last" else torch.contiguous_format
+
+
+def to_layout(net: torch.nn.Module, layout: torch.memory_format) -> torch.nn.Module:
+    """net's 4D weights into `layout` -> net. channels_last for a model that names `channels_last_parts`
+    (TransUNet: its CNN decoder) converts those submodules only, the rest stays as it is: the layout
+    memory_format(auto, cpu, inference=True) picks for such a model."""
+    parts = getattr(net, "channels_last_parts", ())
+    if layout == torch.channels_last and parts:
+        for name in parts:
+            getattr(net, name).to(memory_format=layout)
+        return net
+    return net.to(memory_format=layout)
 
 
 def stored_layout(model: torch.nn.Module) -> torch.memory_format:
@@ -107,13 +122,14 @@ def stored_layout(model: torch.nn.Module) -> torch.memory_format:
 @contextmanager
 def weights_layout(net: torch.nn.Module, layout: torch.memory_format | None):
     """The network's weights in `layout` for the block, back in the layout they were stored in after (also
-    when the block raises). None, or the stored layout: nothing is converted. The parameters stay the same
+    when the block raises; channels_last through to_layout). None, or the stored layout: nothing is converted.
+    The parameters stay the same
     objects (an optimizer holding them is unaffected); only their storage's strides change."""
     stored = stored_layout(net)
     if layout is None or layout == stored:
         yield
         return
-    net.to(memory_format=layout)
+    to_layout(net, layout)
     try:
         yield
     finally:

@@ -52,11 +52,13 @@ def test_amp_dtype_refuses_unknown_modes():
         amp_dtype("fp8", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("model,prefers", [("unet", True), ("resunet", True), ("transunet", False), (None, False)])
-def test_memory_format_rule(model, prefers):
+@pytest.mark.parametrize("model,prefers,cpu_inference", [("unet", True, True), ("resunet", True, True),
+                                                         ("transunet", False, True), (None, False, False)])
+def test_memory_format_rule(model, prefers, cpu_inference):
     """auto: channels_last only for the models that say they run faster so (the H100 and CPU measurements):
     on CUDA for training and inference, on the CPU for inference only (the CPU training step is slower NHWC),
-    never on MPS (unmeasured); an explicit layout wins everywhere, for both."""
+    never on MPS (unmeasured); TransUNet (channels_last_parts) on the CPU for inference only; an explicit
+    layout wins everywhere, for both."""
     from seg.models import ResUNet, TransUNet, UNet
 
     net = {"unet": UNet, "resunet": ResUNet, "transunet": TransUNet, None: None}[model]   # the class says it
@@ -65,7 +67,8 @@ def test_memory_format_rule(model, prefers):
     assert memory_format("auto", cuda, net) is preferred
     assert memory_format("auto", cuda, net, inference=True) is preferred
     assert memory_format("auto", cpu, net) is torch.contiguous_format
-    assert memory_format("auto", cpu, net, inference=True) is preferred
+    assert memory_format("auto", cpu, net, inference=True) is (torch.channels_last if cpu_inference
+                                                               else torch.contiguous_format)
     assert memory_format("auto", mps, net, inference=True) is torch.contiguous_format
     for device in (cpu, cuda):
         for inference in (False, True):
@@ -81,6 +84,39 @@ def test_stored_layout_reads_the_strides_of_the_4d_weights():
     assert net[0].weight.is_contiguous()                  # the 1 x 1 kernel cannot tell
     assert stored_layout(net) is torch.channels_last
     assert stored_layout(torch.nn.Linear(2, 2)) is torch.contiguous_format
+
+
+def test_transunet_infers_with_its_decoder_channels_last_and_the_rest_contiguous():
+    """to_layout / weights_layout convert only TransUNet's channels_last_parts (its CNN decoder and head), give
+    every weight back contiguous after, and the forward computes what the contiguous one does; seg.predict loads
+    it that way."""
+    from seg.config import build
+    from seg.runtime import to_layout, weights_layout
+    from tests.conftest import compose_cfg
+
+    torch.manual_seed(0)
+    net = build(compose_cfg(["model=transunet", "profile=cpu", "profile.image_size=32"]).model).eval()
+    assert memory_format("auto", torch.device("cpu"), net, inference=True) is torch.channels_last
+
+    def layouts():     # per part: are its kernels channels_last? (1 x 1 or 1-input-channel ones cannot tell)
+        out = {}
+        for name, p in net.named_parameters():
+            if p.dim() == 4 and p.shape[-1] > 1 and p.shape[1] > 1:
+                out.setdefault(name.split(".")[0], set()).add(not p.is_contiguous())
+        return out
+
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        want = net(x)
+        with weights_layout(net, torch.channels_last):
+            seen = layouts()
+            got = net(x)
+        assert seen == {"encoder": {False}, "conv_more": {True}, "decoder": {True}, "head": {True}}
+        assert layouts() == {"encoder": {False}, "conv_more": {False}, "decoder": {False}, "head": {False}}
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert to_layout(net, torch.contiguous_format) is net and stored_layout(net) is torch.contiguous_format
+        net.to(memory_format=torch.channels_last)                          # an explicit channels_last: all of it
+        assert stored_layout(net) is torch.channels_last and layouts()["encoder"] == {True}
 
 
 def test_memory_format_refuses_unknown_modes():

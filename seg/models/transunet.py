@@ -268,6 +268,11 @@ class TransUNet(nn.Module):
     # memory_format=auto keeps it contiguous: GroupNorm and the ViT's token reshapes are slower in NHWC
     # (H100, paper preset: fp16 AMP 167 -> 116 img/s channels_last; benchmarks/RESULTS.md, GPU section)
     prefers_channels_last = False
+    # ... but its CNN decoder runs faster NHWC on the CPU: with these parts' weights channels_last (the encoder
+    # and ViT contiguous) an eval forward of the cpu preset took 164 instead of 178 ms per batch of 24 and
+    # 11.8 instead of 13.9 ms per image (2 cores, 6 interleaved rounds, medians; a 16 -> 16 3 x 3 conv at 96 px:
+    # 27 ms NCHW, 6 ms NHWC). memory_format=auto uses it for CPU inference (seg.runtime.to_layout).
+    channels_last_parts = ("conv_more", "decoder", "head")
 
     def __init__(self, in_channels: int = 1, num_classes: int = 1, img_size: int = 224,
                  base_width: int = 64, resnet_layers: Sequence[int] = (3, 4, 9),

@@ -18,7 +18,7 @@ from seg.data.datasets import UnknownDataset, predict_reader
 from seg.data.transforms import transforms_pair
 from seg.engine import checkpoint
 from seg.engine.inference import fold_batchnorm
-from seg.runtime import amp_dtype, memory_format
+from seg.runtime import amp_dtype, memory_format, to_layout
 
 log = logging.getLogger("seg.predict")
 
@@ -99,7 +99,7 @@ def model_from_checkpoint(ckpt: dict, source: str, device: torch.device) -> Mode
     if len(names) != max(num_classes - 1, 1):
         raise ModelError(f"{source}: {num_classes} classes in the config but the {reader.name} reader names "
                          f"{len(names)} structure(s) ({', '.join(names)})")
-    net = net.to(device, memory_format=memory_format("auto", device, net, inference=True)).eval()  # by model, device
+    net = to_layout(net.to(device), memory_format("auto", device, net, inference=True)).eval()  # by model, device
     fold_batchnorm(net)       # for good: this network only predicts (the forwards of validation and the test pass)
     return Model(net, config, num_classes, image_size, names, reader, source, transform, amp, dtype)
 
