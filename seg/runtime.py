@@ -121,10 +121,10 @@ def stored_layout(model: torch.nn.Module) -> torch.memory_format:
 
 @contextmanager
 def weights_layout(net: torch.nn.Module, layout: torch.memory_format | None):
-    """The network's weights in `layout` for the block, back in the layout they were stored in after (also
-    when the block raises; channels_last through to_layout). None, or the stored layout: nothing is converted.
-    The parameters stay the same
-    objects (an optimizer holding them is unaffected); only their storage's strides change."""
+    """The network's weights in `layout` for the block (through to_layout), back in the layout they were
+    stored in after (also when the block raises). None, or the stored layout: nothing is converted. The
+    parameters stay the same objects (an optimizer holding them is unaffected); only their storage's strides
+    change."""
     stored = stored_layout(net)
     if layout is None or layout == stored:
         yield
