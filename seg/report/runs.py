@@ -499,6 +499,9 @@ def best_by_validation(uri: str, experiment: str, monitor: str = DEFAULT_MONITOR
             raise
         sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None, include_smoke=True)
     configs = group_configs(sel.tasks.get(experiment, []))
+    if not configs and include_smoke is None:      # the non-smoke runs left have no test metrics: smoke runs then
+        sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None, include_smoke=True)
+        configs = group_configs(sel.tasks.get(experiment, []))
     if not configs:
         raise ReportError(f"no FINISHED run with test metrics in experiment {experiment!r} ({sel.filters})")
     ref = reference_config(configs, monitor)

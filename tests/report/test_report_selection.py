@@ -145,6 +145,13 @@ def test_only_smoke_runs_fail_with_the_flag_to_use(new_store, synth):
     assert run.run_id == sel.tasks["phantom_xray"][0].run_id
     with pytest.raises(report.ReportError, match="add --include-smoke"):
         report.best_by_validation(uri, "phantom_xray", include_smoke=False)
+    other = client.create_run(exp, tags={"model": "unet", "loss": "bce", "seed": "0", "sweep_id": synth.SWEEP},
+                              run_name="interrupted-before-its-test-pass")
+    client.set_terminated(other.info.run_id, "FINISHED")                 # not a smoke run, but no test metrics
+    run, _ = report.best_by_validation(uri, "phantom_xray")
+    assert run.run_id == sel.tasks["phantom_xray"][0].run_id            # still the smoke run, not an error
+    with pytest.raises(report.ReportError, match="no FINISHED run with test metrics"):
+        report.best_by_validation(uri, "phantom_xray", include_smoke=False)
 
 
 def test_best_by_validation_takes_a_sweep_and_tag_filter(store, synth):
