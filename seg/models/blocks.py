@@ -91,6 +91,8 @@ class PreActResidualUnit(nn.Module):
     projection: 1x1 conv (stride s) + BN. Optional Dropout2d between the two convs.
     """
 
+    fold_pairs = (("conv1", "bn2"),)     # forward applies bn2 to conv1's output alone (inference folds it)
+
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
                  dropout: float = 0.0):
         super().__init__()

@@ -30,6 +30,8 @@ class FirstUnit(nn.Module):
     The paper's first unit: the raw image is not batch-normalised/activated before the first conv.
     """
 
+    fold_pairs = (("conv1", "bn"),)      # forward applies bn to conv1's output alone (inference folds it)
+
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)

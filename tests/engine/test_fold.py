@@ -39,12 +39,14 @@ def _randomise_bn(net: nn.Module, seed: int = 0) -> None:
 
 
 def _pairs(net: nn.Module) -> int:
-    """(Conv2d, BatchNorm2d) neighbours inside an nn.Sequential, counted by hand from the module tree."""
+    """(Conv2d, BatchNorm2d) neighbours inside an nn.Sequential plus the pairs modules name in fold_pairs, counted
+    from the module tree."""
     n = 0
-    for seq in net.modules():
-        if isinstance(seq, nn.Sequential):
-            kids = list(seq.children())
+    for m in net.modules():
+        if isinstance(m, nn.Sequential):
+            kids = list(m.children())
             n += sum(type(a) is nn.Conv2d and type(b) is nn.BatchNorm2d for a, b in zip(kids, kids[1:]))
+        n += len(getattr(m, "fold_pairs", ()))
     return n
 
 
@@ -58,10 +60,11 @@ def _model(name: str) -> nn.Module:
     return net.eval()
 
 
-@pytest.mark.parametrize("name, pairs", [("unet", 18), ("resunet", 7), ("transunet", 9)])
+@pytest.mark.parametrize("name, pairs", [("unet", 18), ("resunet", 14), ("transunet", 9)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_folded_forward_computes_the_eval_forward(name, pairs, layout, bn_calls):
-    """U-Net (every conv-BN-ReLU), ResU-Net (the projection shortcuts; its pre-activation BNs stay) and
+    """U-Net (every conv-BN-ReLU), ResU-Net (the projection shortcuts and the BN after each unit's first conv,
+    named by fold_pairs; the pre-activation BN on each unit's input stays) and
     TransUNet (the decoder; its encoder has GroupNorm): the same logits to float rounding, with the BatchNorms
     that follow a conv no longer normalising, and the folded weights in the layout of the stored ones."""
     net = _model(name)
