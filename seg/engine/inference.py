@@ -13,11 +13,10 @@ at 0.5 / argmax'ed.
 
 Every forward pass here runs with BatchNorm folded into the convolution before it (`folded_batchnorm`):
 in eval mode a BatchNorm2d that follows a Conv2d (in an nn.Sequential, or named by its module's
-`fold_pairs`) is an affine map per channel, so
-the convolution with scaled weights and a shifted bias computes the same values (to float rounding) in
-one pass instead of two. On 2 CPU cores that makes a cpu-preset forward pass 4-11 % faster (U-Net,
-ResU-Net's projection shortcuts, TransUNet's decoder; measured before ResU-Net's units named their pairs;
-docs/design.md, "Inference").
+`fold_pairs`) is an affine map per channel, so the convolution with scaled weights and a shifted bias
+computes the same values (to float rounding) in one pass instead of two. On 2 CPU cores that makes a
+cpu-preset forward pass 4-11 % faster (U-Net, ResU-Net's projection shortcuts, TransUNet's decoder;
+measured before ResU-Net's units named their pairs; docs/design.md, "Inference").
 """
 from __future__ import annotations
 
