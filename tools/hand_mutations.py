@@ -97,7 +97,8 @@ CHANGES = [
      "type(bn) is not nn.BatchNorm2d or conv in _FOLDED", "type(bn) is not nn.BatchNorm2d",
      "tests/engine/test_fold.py::test_nested_folds_leave_the_outer_one_in_place"),
     ("prediction without the fold", "seg/engine/inference.py",
-     "with torch.inference_mode(), folded_batchnorm(net):", "with torch.inference_mode():",
+     "with _eval_mode(net), torch.inference_mode(), folded_batchnorm(net):",
+     "with _eval_mode(net), torch.inference_mode():",
      "tests/engine/test_fold.py::test_fold_is_undone_after_prediction_and_training_gets_its_batchnorms_and_gradients_back"),
 ]
 

@@ -136,18 +136,24 @@ def _labels(out: torch.Tensor, out_size: tuple[int, int], num_classes: int, tta:
 
 
 @contextmanager
+def _eval_mode(net: torch.nn.Module):
+    """The network in eval mode for the block, its training mode restored after (also when the block raises)."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
+@contextmanager
 def _inference(net: torch.nn.Module, span: Span | None, images: int):
     """The block of a prediction: the network in eval mode with its BatchNorms folded (`folded_batchnorm`)
     under torch.inference_mode, its training mode and own forwards restored after, and the block's time
     reported to `span` as "forward" for `images` images."""
     start = time.perf_counter()
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.inference_mode(), folded_batchnorm(net):
-            yield
-    finally:
-        net.train(was_training)
+    with _eval_mode(net), torch.inference_mode(), folded_batchnorm(net):
+        yield
     if span is not None:
         span("forward", start, time.perf_counter(), images)
 
@@ -225,27 +231,23 @@ def evaluate(net: torch.nn.Module, cases: Sequence[Case], class_names: Sequence[
     """
     rows, kept = [], []
     bar = tqdm(total=len(cases), desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
-    was_training = net.training
-    net.eval()                          # so that the BatchNorms fold once for the whole evaluation
-    try:
-        with weights_layout(net, layout), folded_batchnorm(net):
-            for group in batches(cases, batch_size):
-                if len(group) == 1:
-                    preds = [predict_images(net, group[0].image, group[0].label.shape[-2:], device, dtype, num_classes,
-                                            batch_size, tta, span)]
-                else:
-                    preds = predict_group(net, [c.image for c in group], [c.label.shape[-2:] for c in group], device,
-                                          dtype, num_classes, tta, span)
-                start = time.perf_counter()
-                for case, pred in zip(group, preds):
-                    pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])
-                    rows += structure_rows(case.case_id, pred_s, label_s, class_names, case.spacing, distances)
-                    if len(kept) < keep and case.label.any():
-                        kept.append((case, pred))
-                if span is not None:
-                    span("metrics", start, time.perf_counter(), len(group))
-                bar.update(len(group))
-    finally:
-        net.train(was_training)
+    # eval mode first, so that the BatchNorms fold once for the whole evaluation
+    with _eval_mode(net), weights_layout(net, layout), folded_batchnorm(net):
+        for group in batches(cases, batch_size):
+            if len(group) == 1:
+                preds = [predict_images(net, group[0].image, group[0].label.shape[-2:], device, dtype, num_classes,
+                                        batch_size, tta, span)]
+            else:
+                preds = predict_group(net, [c.image for c in group], [c.label.shape[-2:] for c in group], device,
+                                      dtype, num_classes, tta, span)
+            start = time.perf_counter()
+            for case, pred in zip(group, preds):
+                pred_s, label_s = (pred, case.label) if case.is_3d else (pred[0], case.label[0])
+                rows += structure_rows(case.case_id, pred_s, label_s, class_names, case.spacing, distances)
+                if len(kept) < keep and case.label.any():
+                    kept.append((case, pred))
+            if span is not None:
+                span("metrics", start, time.perf_counter(), len(group))
+            bar.update(len(group))
     bar.close()
     return rows, kept
