@@ -308,3 +308,18 @@ def test_validation_due_every_nth_epoch_and_always_the_last():
     assert [e for e in range(6) if validation_due(e, 1, 6)] == list(range(6))
     assert [e for e in range(4) if validation_due(e, 5, 4)] == [3]
     assert [e for e in range(4) if validation_due(e, 2, 4)] == [1, 3]
+
+
+def test_nonfinite_names_each_bad_tensor_and_no_finite_one_even_when_the_fused_norm_overflows():
+    from seg.engine.checkpoint import nonfinite
+
+    big = torch.full((4,), 3e38)                       # finite, but its sum of squares overflows float32
+    tensors = [("a", torch.ones(3)), ("steps", torch.tensor(7)), ("big", big),
+               ("half", torch.tensor([60000.0, 60000.0], dtype=torch.float16)), ("empty", torch.empty(0)),
+               ("d", torch.tensor([1.0, 2.0], dtype=torch.float64))]
+    assert nonfinite(tensors) == []                    # an overflowing fused norm alone names nothing
+    assert nonfinite([]) == [] and nonfinite([("n", torch.tensor([1, 2]))]) == []
+    bad = tensors + [("nan", torch.tensor([1.0, float("nan")])), ("inf64", torch.tensor([-math.inf]).double()),
+                     ("inf16", torch.tensor([float("inf")], dtype=torch.float16))]
+    assert nonfinite(bad) == ["nan", "inf64", "inf16"]
+    assert nonfinite([("x", torch.zeros(5)), ("p", torch.nn.Parameter(torch.tensor([math.nan])))]) == ["p"]
