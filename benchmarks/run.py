@@ -20,12 +20,12 @@ Sections, in order:
             (seg.models.summary.count_flops) and of the training step (forward + backward, counted
             with torch.utils.flop_counter); MFU = achieved training FLOP/s / matmul ceiling.
   loop      the real training loop (seg.train.run: DataLoader with augmentation, loss, grad clip,
-            validation Dice/IoU, checkpoints, MLflow logging to a temporary sqlite store) for 5 epochs with
-            trainer.val_every=2; epoch 1 warms up. A hook on the engine's loop (LoopProbe, a
+            validation Dice/IoU, checkpoints, MLflow logging to a temporary sqlite store) for 8 epochs with
+            trainer.val_every=2; epoch 1 warms up, 2..8 are measured. A hook on the engine's loop (LoopProbe, a
             seg.engine.loop.Hook) records where the time goes (on_span: DataLoader wait, training,
-            validation forward / metrics, logging) and measures the bare step at every epoch start and at
-            the end of fit (left out of the epochs' time), so each epoch is compared with the bare step
-            just before and after it, by wall time and by process CPU time. loop / step for a
+            validation forward / metrics, logging) and runs one bare step after every training step
+            (left out of the epochs' time), so each loop step is compared with a bare step a fraction of a
+            second away, by wall time and by process CPU time. loop / step for a
             val_every=2 cycle (the goal, >= 0.90) and for validation every epoch; shares data / step /
             val / checkpoint+log. The loop's code runs unchanged.
   malloc    benchmarks/bench_malloc.py (a U-Net cpu-preset training run) in fresh processes under
@@ -303,17 +303,18 @@ class LoopProbe(Hook):
     DataLoader), "eval" (info "val" / "test"), "forward" (images predicted) and "metrics" inside an
     evaluation, "log" (the epoch-end hooks: MLflow). The loop's code runs unchanged.
 
-    bare: optional callable -> img/s of the bare step (seg.models.summary.bench_train on another copy
-    of the model); run at every epoch start and at the end of fit, so each epoch has a bare-step
-    measurement just before and just after it (on a shared machine the load changes from minute to
-    minute: adjacent measurements keep the ratio honest). Its time is recorded as a "probe" span and
-    left out of the epoch's wall time.
+    bare: optional BareStep (one bare training step of another copy of the model per call -> (wall s, CPU s)).
+    It runs twice at fit start (warm-up) and then once after every optimizer step of the loop (after_step), so
+    each training step is paired with a bare step a fraction of a second away: on a shared machine whose speed
+    drifts from second to second (bare-step rates 29-47 img/s within one run), both sides see the same
+    machine. Each such call is a "probe" span (info: images, wall s, CPU s of the bare step, CPU s of the whole
+    call) and is left out of the epoch's wall, train and CPU time.
     """
 
-    def __init__(self, bare: Callable[[], float | tuple[float, float]] | None = None):
+    def __init__(self, bare: "BareStep | None" = None):
         self.spans: list[tuple[str, float, float, Any]] = []
         self.bare = bare
-        self.marks: list[tuple[str, float, float]] = []      # ("open" / "close", wall, process CPU time)
+        self.marks: list[tuple[str, float, float]] = []      # ("open" / "close" / "end", wall, process CPU time)
 
     def on_span(self, kind: str, start: float, end: float, info: Any) -> None:
         self.spans.append((kind, start, end, info))
@@ -322,14 +323,23 @@ class LoopProbe(Hook):
         self.marks.append((what, time.perf_counter(), time.process_time()))
 
     def _probe(self) -> None:
+        start, cpu = time.perf_counter(), time.process_time()
+        wall_s, cpu_s = self.bare()
+        self.spans.append(("probe", start, time.perf_counter(),
+                           {"images": self.bare.batch, "wall_s": wall_s, "cpu_s": cpu_s,
+                            "call_cpu_s": time.process_time() - cpu}))
+
+    def on_fit_start(self, ctx) -> None:
         if self.bare is not None:
-            start = time.perf_counter()
-            ips = self.bare()
-            self.spans.append(("probe", start, time.perf_counter(), ips))
+            self.bare()                         # warm-up: allocations, Adam's state, oneDNN primitives
+            self.bare()
+
+    def after_step(self, ctx, loss: float, images: int) -> None:
+        if self.bare is not None:
+            self._probe()
 
     def on_epoch_start(self, ctx) -> None:
         self._mark("close")                     # the previous epoch's process CPU time ends here
-        self._probe()
         self._mark("open")
 
     def on_epoch_end(self, ctx, metrics) -> None:
@@ -337,19 +347,18 @@ class LoopProbe(Hook):
 
     def on_fit_end(self, ctx) -> None:
         self._mark("close")
-        self._probe()
 
     def epochs(self) -> list[dict]:
         """Per epoch: wall (train start to the next epoch's train start; the last epoch to the end of its
-        epoch-end hooks, or without that mark to the test evaluation; bare-step probes left out), train,
-        data wait, val, log and other seconds, the images seen, whether it was validated, and the bare step
-        img/s measured just before / after it (None without probes).
+        epoch-end hooks, or without that mark to the test evaluation), train, data wait, val, log and other
+        seconds, process CPU seconds, the images seen, whether it was validated, and the bare step's img/s over
+        the probes inside the epoch (images / summed seconds, by wall and by CPU time; None without probes).
+        Probe spans are left out of the wall, train and CPU times.
 
         The last epoch stops at its epoch-end mark because what follows it happens once per run, not once
         per epoch: fit's end waits for the last background checkpoint write (every other epoch pays for its
         predecessor's write by sharing the CPU with it), and the best weights are reloaded for the test pass."""
         trains = [i for i, s in enumerate(self.spans) if s[0] == "train"]
-        probes = [s for s in self.spans if s[0] == "probe"]
         out = []
         for k, i in enumerate(trains):
             start = self.spans[i][1]
@@ -362,62 +371,72 @@ class LoopProbe(Hook):
                 stop = last_end[1] if last_end else tests[0] if tests else max(s[2] for s in self.spans[i:])
             inside = [s for s in self.spans if start <= s[1] < stop]
             span = lambda kind: sum(s[2] - s[1] for s in inside if s[0] == kind)  # noqa: E731
-            train, info = self.spans[i][2] - self.spans[i][1], self.spans[i][3]
+            info = self.spans[i][3]
+            probes = [s for s in inside if s[0] == "probe"]
+            in_train = sum(s[2] - s[1] for s in probes if s[1] < self.spans[i][2])
+            train = self.spans[i][2] - self.spans[i][1] - in_train
             val, logging_, probe = span("eval"), span("log"), span("probe")
             forward, metrics = span("forward"), span("metrics")
             val_cases = sum(s[3] for s in inside if s[0] == "forward")      # images predicted
-            before = [s[3] for s in probes if s[1] < start]
-            after = [s[3] for s in probes if s[1] >= start]
             wall = stop - start - probe
             opened = [m for m in self.marks if m[0] == "open" and m[1] <= start]
             closed = [last_end] if last_end else [m for m in self.marks if m[0] == "close" and m[1] > start]
-            cpu = closed[0][2] - opened[-1][2] if opened and closed else None
+            cpu = (closed[0][2] - opened[-1][2] - sum(s[3]["call_cpu_s"] for s in probes)
+                   if opened and closed else None)
+            images = sum(s[3]["images"] for s in probes)
             out.append({"wall_s": wall, "train_s": train, "data_s": info["data_wait"],
                         "compute_s": train - info["data_wait"], "val_s": val, "val_forward_s": forward,
                         "val_metrics_s": metrics, "val_read_s": val - forward - metrics, "log_s": logging_,
                         "other_s": wall - train - val - logging_, "seen": info["seen"],
                         "val_cases": val_cases, "validated": any(s[0] == "eval" and s[3] == "val" for s in inside),
-                        "cpu_s": cpu, "bare_before": _wall_ips(before[-1]) if before else None,
-                        "bare_after": _wall_ips(after[0]) if after else None,
-                        "bare_cpu_before": _cpu_ips(before[-1]) if before else None,
-                        "bare_cpu_after": _cpu_ips(after[0]) if after else None})
+                        "cpu_s": cpu, "bare_images": images, "bare_wall_s": [s[3]["wall_s"] for s in probes],
+                        "bare_cpu_s": [s[3]["cpu_s"] for s in probes],
+                        "bare": _rate(images, [s[3]["wall_s"] for s in probes]),
+                        "bare_cpu": _rate(images, [s[3]["cpu_s"] for s in probes])})
         return out
 
 
-def _wall_ips(probe) -> float:
-    return probe[0] if isinstance(probe, (tuple, list)) else probe
+def _rate(images: int, seconds: Sequence[float]) -> float | None:
+    """images / the summed seconds; None without a positive total."""
+    total = sum(seconds)
+    return images / total if total > 0 else None
 
 
-def _cpu_ips(probe) -> float | None:
-    return probe[1] if isinstance(probe, (tuple, list)) else None
+class BareStep:
+    """The bare training step of seg.models.summary.bench_train, one per call: a fixed random batch, BCE / CE,
+    backward, Adam, fp32, CPU -> (wall s, process CPU s) of the step."""
+
+    def __init__(self, model: nn.Module, in_channels: int, num_classes: int, size: int, batch: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.model, self.batch = model.train(), batch
+        self.x = torch.randn(batch, in_channels, size, size, generator=g)
+        if num_classes == 1:
+            self.y = torch.randint(0, 2, (batch, 1, size, size), generator=g).float()
+            self.loss_fn = F.binary_cross_entropy_with_logits
+        else:
+            self.y = torch.randint(0, num_classes, (batch, size, size), generator=g)
+            self.loss_fn = F.cross_entropy
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def __call__(self) -> tuple[float, float]:
+        w0, c0 = time.perf_counter(), time.process_time()
+        loss = self.loss_fn(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return time.perf_counter() - w0, time.process_time() - c0
 
 
 def bare_step(model: nn.Module, in_channels: int, num_classes: int, size: int, batch: int, iters: int = 5,
               warmup: int = 1, seed: int = 0) -> tuple[float, float]:
-    """The bare step of seg.models.summary.bench_train (random batch, BCE / CE, backward, Adam, fp32, CPU)
-    -> (img/s by wall time, img/s by this process's CPU time), each from the median step. With one torch
-    thread the CPU-time rate does not depend on how much of a core the process got (a shared machine)."""
-    g = torch.Generator().manual_seed(seed)
-    model = model.train()
-    x = torch.randn(batch, in_channels, size, size, generator=g)
-    if num_classes == 1:
-        y = torch.randint(0, 2, (batch, 1, size, size), generator=g).float()
-        loss_fn = F.binary_cross_entropy_with_logits
-    else:
-        y = torch.randint(0, num_classes, (batch, size, size), generator=g)
-        loss_fn = F.cross_entropy
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    walls, cpus = [], []
-    for step in range(warmup + iters):
-        w0, c0 = time.perf_counter(), time.process_time()
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step >= warmup:
-            walls.append(time.perf_counter() - w0)
-            cpus.append(time.process_time() - c0)
-    return batch / statistics.median(walls), batch / statistics.median(cpus)
+    """`iters` bare steps (BareStep) after `warmup` untimed ones -> (img/s by wall time, img/s by this process's
+    CPU time), each from the median step. With one torch thread the CPU-time rate does not depend on how much
+    of a core the process got (a shared machine)."""
+    step = BareStep(model, in_channels, num_classes, size, batch, seed)
+    for _ in range(warmup):
+        step()
+    times = [step() for _ in range(iters)]
+    return batch / statistics.median(t[0] for t in times), batch / statistics.median(t[1] for t in times)
 
 
 def sum_epochs(epochs: Sequence[dict]) -> dict:
@@ -514,7 +533,9 @@ def bench_forward(model: nn.Module, in_channels: int, size: int, batch: int = 1,
     return ips
 
 
-LOOP_EPOCHS = 5            # epoch 1 warms up; 2..5 are measured (validated: 2, 4, 5; not: 3)
+LOOP_EPOCHS = 8            # epoch 1 warms up; 2..8 are measured (validated: 2, 4, 6, 8; not: 3, 5, 7). An epoch of
+                           # the phantom is 6 steps (2-4 s): with 5 epochs one unvalidated epoch stood for half
+                           # of the val_every=2 cycle
 LOOP_VAL_EVERY = 2         # the setting the loop-efficiency goal is measured with (trainer.val_every)
 
 
@@ -531,8 +552,7 @@ def loop_row(model_name: str, dataset: str, workdir: Path, quick: bool, threads:
     in_ch, n_cls = int(cfg.dataset.in_channels), int(cfg.dataset.num_classes)
     torch.manual_seed(0)
     bare = build(cfg.model)
-    iters = 3 if quick else 5
-    probe = LoopProbe(lambda: bare_step(bare, in_ch, n_cls, size, batch, iters=iters, warmup=1))
+    probe = LoopProbe(BareStep(bare, in_ch, n_cls, size, batch))
     start = time.perf_counter()
     run(cfg, hooks=[probe])
     run_s = time.perf_counter() - start
@@ -542,25 +562,26 @@ def loop_row(model_name: str, dataset: str, workdir: Path, quick: bool, threads:
     loop_step_ips = bench_loop_step(cfg, bare, batches=3 if quick else 6)
     all_epochs = probe.epochs()
     measured = all_epochs[1:]
-    bares = [v for e in measured for v in (e["bare_before"], e["bare_after"]) if v is not None]
-    step_ips = statistics.mean(bares)
+    walls = [w for e in measured for w in e["bare_wall_s"]]
+    cpus = [c for e in measured for c in e["bare_cpu_s"]]
+    step_ips = _rate(batch * len(walls), walls)         # the bare steps paired with the measured epochs' steps
+    step_median_ips = batch / statistics.median(walls)  # the median step, as bench_train reports it (section 2)
     total = sum_epochs(measured)
     loop_ips, train_ips = total["seen"] / total["wall_s"], total["seen"] / total["train_s"]
     efficiency = cycle_efficiency(measured, LOOP_VAL_EVERY, step_ips)
     every_epoch = cycle_efficiency(measured, 1, step_ips)
-    cpu_bares = [v for e in measured for v in (e["bare_cpu_before"], e["bare_cpu_after"]) if v is not None]
-    step_cpu_ips = statistics.mean(cpu_bares) if cpu_bares else None
+    step_cpu_ips = _rate(batch * len(cpus), cpus)
     cpu_ratio = cycle_efficiency(measured, LOOP_VAL_EVERY, step_cpu_ips, "cpu_s") if step_cpu_ips else None
     cpu_every_epoch = cycle_efficiency(measured, 1, step_cpu_ips, "cpu_s") if step_cpu_ips else None
-    per_epoch = []
-    for e in measured:
-        pair = [v for v in (e["bare_before"], e["bare_after"]) if v is not None]
-        per_epoch.append(e["seen"] / e["wall_s"] / statistics.mean(pair) if pair else None)
+    per_epoch = [e["seen"] / e["wall_s"] / e["bare"] if e["bare"] else None for e in measured]
     breakdown = loop_breakdown(total, step_ips, forward_ips, loop_step_ips)
     return {"model": f"{model_name} cpu", "name": model_name, "dataset": dataset, "size": size, "batch": batch,
             "workers": int(cfg.trainer.num_workers), "amp": str(cfg.amp), "loss": str(cfg.loss.name),
             "grad_clip": cfg.trainer.grad_clip, "val_every": LOOP_VAL_EVERY, "epochs_run": epochs,
-            "step_img_per_s": step_ips, "step_probes_img_per_s": bares, "loop_img_per_s": loop_ips,
+            "step_img_per_s": step_ips, "step_probes_img_per_s": [e["bare"] for e in measured],
+            "bare_steps": len(walls), "step_median_img_per_s": step_median_ips,
+            "ratio_median_step": cycle_efficiency(measured, LOOP_VAL_EVERY, step_median_ips),
+            "loop_img_per_s": loop_ips,
             "train_img_per_s": train_ips, "ratio": efficiency if efficiency is not None else loop_ips / step_ips,
             "ratio_val_every_1": every_epoch, "ratio_measured_epochs": loop_ips / step_ips,
             "ratio_per_epoch": per_epoch, "train_ratio": train_ips / step_ips,
@@ -1222,15 +1243,22 @@ def write_md(res: dict) -> str:
                       "start to the next one's (training, validation if due, MLflow logging, checkpoint), the last "
                       "one's to the end of its epoch-end hooks (waiting for the last background checkpoint write "
                       "and reloading best.pt happen once per run, as the test pass does). The bare "
-                      "step (seg.models.summary.bench_train, same model, batch and size) is measured by the "
-                      "benchmark's hook at every epoch start and at the end of fit, i.e. just before and after each "
-                      "epoch, and left out of the epoch's time; step img/s = their mean. **loop / step** = a "
+                      "step (seg.models.summary.bench_train's step: same model, batch and size, BCE, Adam, one fixed "
+                      "batch) runs once after every training step of the loop, from the benchmark's hook "
+                      "(after_step), on another copy of the model, and is left out of the epoch's time: each loop "
+                      "step is paired with a bare step a fraction of a second away, so both see the same machine "
+                      "speed, which drifts by up to a third within a run here; step img/s = all paired bare steps' "
+                      "images / their summed seconds, as the loop's img/s is its images / its summed seconds"
+                      + (" (with the median bare step instead, as section 2 reports it, loop / step would be "
+                         + " / ".join(_num(r.get("ratio_median_step"), ".3f") for r in loop["rows"]) + ")"
+                         if all(r.get("ratio_median_step") for r in loop["rows"]) else "")
+                      + ". **loop / step** = a "
                       f"val_every={r0.get('val_every')} cycle (one validated + {max(0, (r0.get('val_every') or 1) - 1)} "
                       "unvalidated epoch(s), mean walls of the measured ones) / the bare step; \"every epoch "
                       "validated\" = the same for val_every=1 (the default: every epoch is like a validated one); "
                       "\"measured epochs\" = all measured images / all measured wall time; \"single epochs\" = "
-                      "each measured epoch's img/s / the mean of the two bare-step probes around it, validated or "
-                      "not: their spread is this machine's noise between epochs a few seconds apart. Shares: data = "
+                      "each measured epoch's img/s / the img/s of the bare steps paired with its steps, validated or "
+                      "not. Shares: data = "
                       "waiting "
                       "for the DataLoader; step = the training steps; val = validation (forward passes, resizing "
                       "back, Dice/IoU, reading the cases); checkpoint + log = MLflow logging, best/last checkpoints, "
@@ -1239,7 +1267,7 @@ def write_md(res: dict) -> str:
                       "i.e. noise); val network = bare forward passes for the validation images (batch 24); "
                       "\"network / loop\" = bare network work (training steps + validation forwards) / wall "
                       "time. \"By CPU time\": the same ratios from this process's CPU time (time.process_time) "
-                      "instead of wall time, for the loop's epochs and for the bare-step probes: with one torch "
+                      "instead of wall time, for the loop's epochs and for the paired bare steps: with one torch "
                       "thread (--threads 1) they do not depend on how much of a core a shared machine gave the "
                       "process, but they leave out time spent waiting for the disk (checkpoint fsync, sqlite). "
                       "Last column: train_epoch on pre-loaded tensors (median of single-batch calls), a "

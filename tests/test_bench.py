@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -216,27 +217,64 @@ def test_render_rederives_a_saved_bench_json(tmp_path, capsys):
     assert "; bottleneck: val_forward" in out
 
 
+def _probe(start: float, end: float, wall: float, cpu: float = 0.0, call_cpu: float = 0.0, images: int = 16):
+    return ("probe", start, end, {"images": images, "wall_s": wall, "cpu_s": cpu, "call_cpu_s": call_cpu})
+
+
 def test_loop_probe_leaves_its_bare_step_probes_out_of_the_epochs():
-    """Probes (bare step, img/s 10 / 20 / 30) at each epoch start and at the end of fit: not in the wall time;
-    each epoch gets the probe just before and just after it."""
-    values = iter([10.0, 20.0, 30.0])
-    probe = LoopProbe(lambda: next(values))
-    probe.spans = [("probe", -1.0, 0.0, 10.0),
+    """Bare steps run after the loop's training steps (inside the train span): not in the wall or train time;
+    each epoch's bare img/s is its own probes' images / their summed seconds."""
+    probe = LoopProbe()
+    probe.spans = [_probe(2.0, 3.0, 1.0), _probe(5.0, 7.0, 2.0),           # epoch 1: 32 images in 3 s
                    ("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}), ("eval", 8.0, 10.0, "val"),
-                   ("probe", 10.0, 12.0, 20.0),
-                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}),
-                   ("probe", 18.5, 19.5, 30.0), ("eval", 20.0, 25.0, "test")]
+                   _probe(14.0, 14.5, 0.5),
+                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}), ("eval", 20.0, 25.0, "test")]
+    probe.spans.sort(key=lambda s: s[1])
     first, second = probe.epochs()
-    assert first["wall_s"] == 10.0 and first["other_s"] == 0.0 and first["validated"] is True
-    assert (first["bare_before"], first["bare_after"]) == (10.0, 20.0)
-    assert second["wall_s"] == 7.0 and second["validated"] is False
-    assert (second["bare_before"], second["bare_after"]) == (20.0, 30.0)
+    assert first["wall_s"] == 9.0 and first["train_s"] == 5.0 and first["compute_s"] == 4.0
+    assert first["other_s"] == 2.0 and first["validated"] is True                 # 10 -> 12: outside every span
+    assert first["bare"] == pytest.approx(32 / 3.0) and first["bare_images"] == 32
+    assert first["bare_wall_s"] == [1.0, 2.0]
+    assert second["wall_s"] == 7.5 and second["train_s"] == 5.5 and second["validated"] is False
+    assert second["bare"] == pytest.approx(16 / 0.5)
     total = sum_epochs([first, second])
-    assert total["wall_s"] == 17.0 and total["seen"] == 64 and total["val_s"] == 2.0
-    # val_every=2: one validated (10 s) + one unvalidated (7 s) epoch per 64 images; every epoch validated: 32 / 10 s
-    assert cycle_efficiency([first, second], 2, step_ips=8.0) == pytest.approx(64 / 17 / 8.0)
-    assert cycle_efficiency([first, second], 1, step_ips=8.0) == pytest.approx(32 / 10 / 8.0)
+    assert total["wall_s"] == 16.5 and total["seen"] == 64 and total["val_s"] == 2.0
+    # val_every=2: one validated (9 s) + one unvalidated (7.5 s) epoch per 64 images; every epoch validated: 32 / 9 s
+    assert cycle_efficiency([first, second], 2, step_ips=8.0) == pytest.approx(64 / 16.5 / 8.0)
+    assert cycle_efficiency([first, second], 1, step_ips=8.0) == pytest.approx(32 / 9 / 8.0)
     assert cycle_efficiency([first], 2, step_ips=8.0) is None               # no unvalidated epoch measured
+    assert LoopProbe().epochs() == []
+
+
+def test_loop_probe_pairs_a_bare_step_with_every_training_step():
+    """The hook itself: two warm-up calls at fit start, one bare step after every optimizer step, each recorded
+    and left out of the epoch's wall, train and CPU time."""
+    class SlowBare:
+        batch, calls = 4, 0
+
+        def __call__(self):
+            self.calls += 1
+            time.sleep(0.05)
+            return 0.05, 0.002
+
+    bare = SlowBare()
+    probe = LoopProbe(bare)
+    probe.on_fit_start(None)
+    assert bare.calls == 2 and probe.spans == []                            # the warm-up is not recorded
+    probe.on_epoch_start(None)
+    start = time.perf_counter()
+    for _ in range(3):
+        time.sleep(0.01)                                                    # the loop's own step
+        probe.after_step(None, 0.5, 4)
+    end = time.perf_counter()
+    probe.on_span("train", start, end, {"seen": 12, "data_wait": 0.0})
+    probe.on_epoch_end(None, {})
+    probe.on_fit_end(None)
+    (epoch,) = probe.epochs()
+    assert bare.calls == 5 and epoch["bare_images"] == 12 and epoch["bare"] == pytest.approx(12 / 0.15)
+    assert epoch["bare_cpu"] == pytest.approx(12 / 0.006)
+    assert end - start >= 0.18 and 0.03 <= epoch["train_s"] < 0.1           # 3 x 10 ms, the 3 x 50 ms left out
+    assert epoch["wall_s"] < 0.12 and epoch["cpu_s"] < 0.05
 
 
 def test_loop_shares_split_the_wall_time_into_four_parts():
@@ -401,20 +439,18 @@ def test_the_gpu_section_is_replaced_not_appended_and_a_cpu_bench_keeps_it():
 
 
 def test_loop_probe_measures_each_epochs_cpu_time_between_its_marks():
-    """Marks at each epoch start (close the previous epoch, probe, open this one) and at fit end: an epoch's
-    CPU time runs from its "open" mark to the next "close" mark, the probe's own CPU time left out."""
+    """Marks at each epoch start (close the previous epoch, open this one) and at fit end: an epoch's CPU time
+    runs from its "open" mark to the next "close" mark, the CPU time of the bare-step calls inside it left out."""
     probe = LoopProbe()
-    probe.marks = [("close", -2.0, 0.0), ("open", -0.5, 1.0),          # fit start: probe used 1 s of CPU
-                   ("close", 11.0, 9.0), ("open", 11.5, 9.5),            # epoch 1 used 8 s
-                   ("close", 19.0, 15.5)]                                 # epoch 2 used 6 s
-    probe.spans = [("probe", -1.5, -1.0, (10.0, 12.0)),
-                   ("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}), ("eval", 8.0, 10.0, "val"),
-                   ("probe", 11.0, 11.5, (20.0, 24.0)),
-                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}),
-                   ("probe", 19.0, 19.5, (30.0, 36.0)), ("eval", 20.0, 25.0, "test")]
+    probe.marks = [("close", -0.5, 0.0), ("open", -0.5, 1.0),
+                   ("close", 11.0, 10.0), ("open", 11.0, 10.0),          # epoch 1: 9 s, 1 s of it a probe
+                   ("close", 19.0, 16.0)]                                 # epoch 2: 6 s
+    probe.spans = [("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}),
+                   _probe(3.0, 4.0, 0.9, cpu=1.6, call_cpu=1.0, images=8), ("eval", 8.0, 10.0, "val"),
+                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}), ("eval", 20.0, 25.0, "test")]
     first, second = probe.epochs()
     assert first["cpu_s"] == 8.0 and second["cpu_s"] == 6.0
-    assert (first["bare_before"], first["bare_cpu_before"], first["bare_cpu_after"]) == (10.0, 12.0, 24.0)
+    assert first["bare_cpu"] == pytest.approx(8 / 1.6) and second["bare"] is None and second["bare_cpu"] is None
     assert sum_epochs([first, second])["cpu_s"] == 14.0
     # by CPU time, every epoch validated: 32 images / 8 s against a bare 4 img/s -> 1.0
     assert cycle_efficiency([first, second], 1, 4.0, "cpu_s") == pytest.approx(1.0)
@@ -426,16 +462,16 @@ def test_the_last_epoch_ends_at_its_epoch_end_hooks_not_at_the_test_pass():
     best.pt before the test pass are per-run costs: the last epoch's wall and CPU time stop at its "end" mark
     (the probe's on_epoch_end, after MLflow logging); earlier epochs still run to the next training start."""
     probe = LoopProbe()
-    probe.marks = [("open", -0.5, 1.0), ("end", 10.6, 8.8), ("close", 11.0, 9.0), ("open", 11.5, 9.5),
+    probe.marks = [("open", -0.5, 1.0), ("end", 10.6, 8.8), ("close", 11.5, 9.0), ("open", 11.5, 9.0),
                    ("end", 19.0, 15.0), ("close", 20.5, 15.9)]             # fit end: 1.5 s of flush + reload
     probe.spans = [("train", 0.0, 8.0, {"seen": 32, "data_wait": 1.0}), ("eval", 8.0, 10.0, "val"),
-                   ("log", 10.0, 10.6, None), ("probe", 11.0, 11.5, 20.0),
-                   ("train", 12.0, 18.0, {"seen": 32, "data_wait": 0.5}), ("log", 18.5, 19.0, None),
-                   ("eval", 21.0, 25.0, "test")]
+                   ("log", 10.0, 10.6, None),
+                   ("train", 11.5, 18.0, {"seen": 32, "data_wait": 0.5}), _probe(12.0, 12.5, 0.5, call_cpu=0.5),
+                   ("log", 18.5, 19.0, None), ("eval", 21.0, 25.0, "test")]
     first, second = probe.epochs()
-    assert first["wall_s"] == 11.5 and first["cpu_s"] == 8.0          # to the next training start, probe left out
+    assert first["wall_s"] == 11.5 and first["cpu_s"] == 8.0          # to the next training start
     assert second["wall_s"] == 7.0 and second["other_s"] == pytest.approx(0.5)
-    assert second["cpu_s"] == pytest.approx(5.5)                        # "open" 9.5 -> "end" 15.0, not "close"
+    assert second["cpu_s"] == pytest.approx(5.5)                        # "open" 9.0 -> "end" 15.0, probe left out
     probe.marks = [m for m in probe.marks if m[0] != "end"]              # without the marks: to the test pass
     assert probe.epochs()[1]["wall_s"] == 9.0
 
