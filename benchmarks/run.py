@@ -430,18 +430,6 @@ class BareStep:
         return time.perf_counter() - w0, time.process_time() - c0
 
 
-def bare_step(model: nn.Module, in_channels: int, num_classes: int, size: int, batch: int, iters: int = 5,
-              warmup: int = 1, seed: int = 0) -> tuple[float, float]:
-    """`iters` bare steps (BareStep) after `warmup` untimed ones -> (img/s by wall time, img/s by this process's
-    CPU time), each from the median step. With one torch thread the CPU-time rate does not depend on how much
-    of a core the process got (a shared machine)."""
-    step = BareStep(model, in_channels, num_classes, size, batch, seed)
-    for _ in range(warmup):
-        step()
-    times = [step() for _ in range(iters)]
-    return batch / statistics.median(t[0] for t in times), batch / statistics.median(t[1] for t in times)
-
-
 def sum_epochs(epochs: Sequence[dict]) -> dict:
     """The epochs' seconds and counts added up (one "epoch" dict for loop_breakdown)."""
     keys = ("wall_s", "train_s", "data_s", "compute_s", "val_s", "val_forward_s", "val_metrics_s", "val_read_s",

@@ -476,9 +476,16 @@ def test_the_last_epoch_ends_at_its_epoch_end_hooks_not_at_the_test_pass():
     assert probe.epochs()[1]["wall_s"] == 9.0
 
 
-def test_bare_step_reports_wall_and_cpu_rates():
-    from benchmarks.run import bare_step
+def test_bare_step_trains_its_model_and_reports_wall_and_cpu_seconds():
+    from benchmarks.run import BareStep
 
     torch.manual_seed(0)
-    wall, cpu = bare_step(nn.Conv2d(1, 1, 3, padding=1), 1, 1, 16, 2, iters=2)
-    assert wall > 0 and cpu > 0 and math.isfinite(wall) and math.isfinite(cpu)
+    net = nn.Conv2d(1, 1, 3, padding=1)
+    before = net.weight.detach().clone()
+    step = BareStep(net, 1, 1, 16, 2)
+    wall, cpu = step()
+    assert step.batch == 2 and step.x.shape == (2, 1, 16, 16) and step.y.shape == (2, 1, 16, 16)
+    assert wall > 0 and cpu >= 0 and math.isfinite(wall) and math.isfinite(cpu)
+    assert not torch.equal(net.weight, before)                      # one Adam step on the fixed batch
+    multi = BareStep(nn.Conv2d(1, 3, 1), 1, 3, 8, 4)               # multiclass: cross-entropy on (B, S, S) labels
+    assert multi.y.shape == (4, 8, 8) and multi.y.dtype == torch.int64 and multi()[0] > 0
