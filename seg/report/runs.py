@@ -491,17 +491,19 @@ def best_by_validation(uri: str, experiment: str, monitor: str = DEFAULT_MONITOR
         raise ReportError(f"monitor {monitor!r}: selection uses validation metrics only (e.g. val/dice); test "
                           "metrics are reported, never used to choose")
     client = open_store(uri)
+
+    def configs_of(smoke: bool):
+        sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None, include_smoke=smoke)
+        return sel, group_configs(sel.tasks.get(experiment, []))
+
     try:
-        sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None,
-                          include_smoke=bool(include_smoke))
+        sel, configs = configs_of(bool(include_smoke))
     except ReportError:
         if include_smoke is not None:
             raise
-        sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None, include_smoke=True)
-    configs = group_configs(sel.tasks.get(experiment, []))
-    if not configs and include_smoke is None:      # the non-smoke runs left have no test metrics: smoke runs then
-        sel = select_runs(client, uri, [experiment], sweep_id, tags, all_sweeps=sweep_id is None, include_smoke=True)
-        configs = group_configs(sel.tasks.get(experiment, []))
+        configs = []
+    if not configs and include_smoke is None:   # no other run matched, or none of them has test metrics
+        sel, configs = configs_of(True)
     if not configs:
         raise ReportError(f"no FINISHED run with test metrics in experiment {experiment!r} ({sel.filters})")
     ref = reference_config(configs, monitor)
