@@ -555,13 +555,13 @@ def loop_row(model_name: str, dataset: str, workdir: Path, quick: bool, threads:
     measured = all_epochs[1:]
     walls = [w for e in measured for w in e["bare_wall_s"]]
     cpus = [c for e in measured for c in e["bare_cpu_s"]]
-    step_ips = _rate(batch * len(walls), walls)         # the bare steps paired with the measured epochs' steps
+    step_ips = _rate(sum(e["bare_images"] for e in measured), walls)   # the bare steps paired with the loop's
     step_median_ips = batch / statistics.median(walls)  # the median step, as bench_train reports it (section 2)
     total = sum_epochs(measured)
     loop_ips, train_ips = total["seen"] / total["wall_s"], total["seen"] / total["train_s"]
     efficiency = cycle_efficiency(measured, LOOP_VAL_EVERY, step_ips)
     every_epoch = cycle_efficiency(measured, 1, step_ips)
-    step_cpu_ips = _rate(batch * len(cpus), cpus)
+    step_cpu_ips = _rate(sum(e["bare_images"] for e in measured), cpus)
     cpu_ratio = cycle_efficiency(measured, LOOP_VAL_EVERY, step_cpu_ips, "cpu_s") if step_cpu_ips else None
     cpu_every_epoch = cycle_efficiency(measured, 1, step_cpu_ips, "cpu_s") if step_cpu_ips else None
     per_epoch = [e["seen"] / e["wall_s"] / e["bare"] if e["bare"] else None for e in measured]
