@@ -25,10 +25,11 @@ checkpoints always hold finite weights.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -235,13 +236,39 @@ def validation_due(epoch: int, val_every: int, epochs: int) -> bool:
     return (epoch + 1) % val_every == 0 or epoch + 1 == epochs
 
 
+@contextmanager
+def frozen_heap():
+    """The objects alive when the block starts are left out of Python's garbage collections inside it
+    (gc.freeze) and handed back after it (gc.unfreeze), also when it raises.
+
+    At fit's start these are the set-up's objects (the model, data, MLflow, Hydra, albumentations: a million
+    and more in a benchmark process); they live through the fit. Left in the oldest generation, a full
+    collection walks all of them: 0.55-0.66 s, single-threaded, in the middle of an epoch, at a moment the
+    loop does not choose (the benchmark's loop section caught one in most runs, about 2 % of one model's
+    loop / step ratio). Frozen, a full collection walks only what the fit made since. Cyclic garbage made
+    inside the fit is still collected; the frozen objects become collectable again when the fit ends (a
+    sweep running several jobs in one process does not keep them). The same call spares DataLoader workers,
+    forked per epoch, from copying the memory pages a collection would write to (Python's gc.freeze docs)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def fit(ctx: Fit) -> LoopState:
-    """Train from ctx.state (a fresh LoopState, or one restored from last.pt) to ctx.epochs or early stop.
+    """Train from ctx.state (a fresh LoopState, or one restored from last.pt) to ctx.epochs or early stop,
+    with the set-up's objects frozen out of garbage collection (frozen_heap).
 
     Returns the final LoopState. Raises NonFiniteError (FAILED run), KeyboardInterrupt (KILLED).
     """
     check_settings(ctx.epochs, ctx.accumulate, ctx.grad_clip, ctx.monitor, ctx.early_stopping, ctx.limit_batches,
                    ctx.val_every)
+    with frozen_heap():
+        return _fit(ctx)
+
+
+def _fit(ctx: Fit) -> LoopState:
     st = ctx.state
     key = ctx.monitor.split("/", 1)[1]
     ctx.emit("on_fit_start")

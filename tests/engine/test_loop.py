@@ -128,6 +128,53 @@ def test_nan_weights_stop_the_run_naming_the_epoch_before_any_checkpoint():
     assert saves.epochs == [0]                    # epoch 2's weights never reached a checkpoint
 
 
+def test_fit_freezes_the_set_up_objects_out_of_garbage_collection_and_hands_them_back():
+    """Objects alive at fit's start are frozen during it (a full collection would walk them all, stalling an
+    epoch for over half a second in a benchmark process); cyclic garbage made inside the fit is still collected;
+    after the fit, normal or raising, nothing stays frozen."""
+    import gc
+    import weakref
+
+    class Cycle:
+        pass
+
+    class Watch(Hook):
+        def __init__(self):
+            self.frozen, self.collected = [], []
+
+        def on_epoch_start(self, ctx):
+            self.frozen.append(gc.get_freeze_count())
+            junk = Cycle()
+            junk.me = junk                                  # a reference cycle: only gc frees it
+            ref = weakref.ref(junk)
+            del junk
+            gc.collect()
+            self.collected.append(ref() is None)
+
+    before = Cycle()
+    before.me = before
+    alive = weakref.ref(before)
+    train, cases = _data(n_train=1)
+    watch = Watch()
+    gc.collect()
+    assert gc.get_freeze_count() == 0
+    fit(_fit(Recorder(), train, cases, hooks=[watch], epochs=2))
+    assert all(n > 1000 for n in watch.frozen), watch.frozen     # the interpreter's objects, the model, ...
+    assert watch.collected == [True, True]
+    assert gc.get_freeze_count() == 0
+    del before
+    gc.collect()
+    assert alive() is None                          # frozen during the fit, collectable after it
+
+    class Boom(Hook):
+        def on_epoch_end(self, ctx, metrics):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(_fit(Recorder(), train, cases, hooks=[watch, Boom()], epochs=2))
+    assert watch.frozen[-1] > 1000 and gc.get_freeze_count() == 0
+
+
 def test_nan_loss_names_the_epoch_and_step():
     train, _ = _data(n_train=2)
     model = Recorder()
