@@ -171,6 +171,7 @@ class Tracker:
                 self.client.delete_tag(run_id, "failure_reason")
             self.set_tags(tags)
         self.status = "RUNNING"
+        self._pending: list = []        # RunOperations of metrics logged with wait=False (flush() waits for them)
         self._stop = threading.Event()
         self._beat = None
         if heartbeat_s:
@@ -216,7 +217,12 @@ class Tracker:
         return False
 
     def end(self, status: str) -> None:
+        """Metrics still queued are written first (an error there is logged: the status is recorded anyway)."""
         self.stop_heartbeat()
+        try:
+            self.flush()
+        except Exception as err:
+            log.warning("metrics of run %s were not all logged: %s: %s", self.run_id, type(err).__name__, err)
         self.client.set_terminated(self.run_id, status=status)
         self.status = status
 
@@ -225,11 +231,29 @@ class Tracker:
         for i in range(0, len(items), BATCH["params"]):
             self.client.log_batch(self.run_id, params=items[i:i + BATCH["params"]])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, wait: bool = True) -> None:
+        """Metrics at `step` (None: 0). wait=False queues them on MLflow's async logging thread
+        (log_batch(synchronous=False)) and returns at once; flush() waits for them and raises a failed write,
+        end() flushes before it records the status."""
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), BATCH["metrics"]):
-            self.client.log_batch(self.run_id, metrics=items[i:i + BATCH["metrics"]])
+            op = self.client.log_batch(self.run_id, metrics=items[i:i + BATCH["metrics"]], synchronous=wait)
+            if not wait:
+                self._pending.append(op)
+
+    def flush(self) -> None:
+        """Wait for the metrics queued with wait=False; MlflowException (naming the run) if one was not written."""
+        pending, self._pending = self._pending, []
+        failed = []
+        for op in pending:
+            try:
+                op.wait()
+            except Exception as err:
+                failed.append(err)
+        if failed:
+            raise mlflow.exceptions.MlflowException(f"run {self.run_id}: {len(failed)} queued metric write(s) "
+                                                    f"failed; the first: {failed[0]}")
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]

@@ -1,4 +1,5 @@
-"""seg.tracking.check_store: a tracking URI that cannot work fails at once, in one line naming it."""
+"""seg.tracking: a tracking URI that cannot work fails at once, in one line naming it; epoch metrics written in the
+background land before fit ends and before the run's status, and a failed write fails the run."""
 from __future__ import annotations
 
 import os
@@ -47,3 +48,73 @@ def test_run_with_unreachable_server_is_one_line_and_exit_1(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "TrackingStoreError: MLflow tracking server http://127.0.0.1:" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def _epoch(tracker, logger, epoch: int, value: float) -> None:
+    from types import SimpleNamespace
+
+    logger.on_epoch_end(SimpleNamespace(epoch=epoch), {"train/loss": value, "val/dice": float("nan")})
+
+
+def _history(tracker, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in tracker.client.get_metric_history(tracker.run_id, key)]
+
+
+def test_epoch_metrics_are_written_in_the_background_and_all_there_when_fit_ends(tmp_path):
+    from seg.engine.hooks import MLflowLogger
+    from seg.tracking import Tracker
+
+    with Tracker(f"sqlite:///{tmp_path}/mlflow.db", "t", "r", {}) as tracker:
+        logger = MLflowLogger(tracker)
+        for epoch in range(3):
+            _epoch(tracker, logger, epoch, 1.0 / (epoch + 1))
+        logger.on_fit_end(None)
+        assert sorted(_history(tracker, "train/loss")) == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+        assert _history(tracker, "val/dice") == []                  # NaN values are left out
+    assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_a_failed_background_write_fails_the_run_at_the_next_epoch_or_fit_end(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from seg.engine.hooks import MLflowLogger
+    from seg.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "t", "r", {})
+    logger = MLflowLogger(tracker)
+    _epoch(tracker, logger, 0, 1.0)
+    tracker.flush()                                                 # epoch 0's metrics are in
+    tracker.client.delete_run(tracker.run_id)                      # the store now refuses this run's writes
+    _epoch(tracker, logger, 1, 0.5)                                 # queued: no error yet
+    with pytest.raises(MlflowException, match=f"run {tracker.run_id}: 1 queued metric write"):
+        logger.on_fit_end(None)
+    _epoch(tracker, logger, 2, 0.3)
+    with pytest.raises(MlflowException, match=f"run {tracker.run_id}: 1 queued metric write"):
+        _epoch(tracker, logger, 3, 0.2)
+    tracker.stop_heartbeat()
+
+
+def test_a_run_ending_with_metrics_still_queued_writes_them_before_its_status(tmp_path, monkeypatch):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from seg.engine.hooks import MLflowLogger
+    from seg.tracking import Tracker
+
+    write = SqlAlchemyStore.log_batch
+
+    def slow_metrics(self, run_id, metrics=(), params=(), tags=()):
+        if metrics:
+            time.sleep(0.5)                                         # a busy store: the queued write lands late
+        return write(self, run_id, metrics=metrics, params=params, tags=tags)
+
+    monkeypatch.setattr(SqlAlchemyStore, "log_batch", slow_metrics)    # before the store is made for this URI
+    seen_at_end = []
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker(f"sqlite:///{tmp_path}/mlflow.db", "t", "r", {}) as tracker:
+            terminate = tracker.client.set_terminated
+            monkeypatch.setattr(tracker.client, "set_terminated", lambda run_id, status: (
+                seen_at_end.append(_history(tracker, "train/loss")), terminate(run_id, status=status)))
+            _epoch(tracker, MLflowLogger(tracker), 0, 0.7)          # queued; SIGTERM right after it (KILLED)
+            raise KeyboardInterrupt("SIGTERM")
+    assert seen_at_end == [[(0, 0.7)]]                              # in the store before the status
+    assert tracker.client.get_run(tracker.run_id).info.status == "KILLED"
