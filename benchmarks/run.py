@@ -105,7 +105,7 @@ FIXES = {
             "only where a core is free",
     "step_extra": "the loop's steps cost more than the bare step: fresh augmented batches, and the background "
                   "checkpoint write sharing the CPU with the next epoch's first steps (TransUNet cpu: 60-100 ms of "
-                  "CPU for its 25 MB last.pt), and MLflow's queued metrics write (about 12 ms); the dice loss, grad clipping and the per-step isfinite check and "
+                  "CPU for its 25 MB last.pt), and the background MLflow metrics write (about 12 ms); the dice loss, grad clipping and the per-step isfinite check and "
                   "loss.item() measured under 3 ms per step together",
     "val_network": "validation's own forward passes (network work the bare step does not include; up to 32 "
                    "images per forward pass): validate every N epochs (trainer.val_every)",
@@ -114,8 +114,8 @@ FIXES = {
     "val_metrics": "validation Dice/IoU per case and structure: vectorise over the val cases",
     "val_read": "reading and resizing the val cases from disk every epoch: cache the decoded, resized val "
                 "images in memory after the first epoch",
-    "log": "the epoch-end hooks; MLflow's write itself runs on its async logging thread since the loop queues "
-           "it (it took 14-38 ms per epoch in the loop thread before)",
+    "log": "the epoch-end hooks; the MLflow metrics write itself runs in a background thread (it took 14-38 ms "
+           "per epoch in the loop thread before)",
     "other": "the epoch end outside the spans: the weights check, the checkpoint snapshot (10-25 ms) and scheduler "
              "step; a full garbage collection there took 0.55-0.66 s before fit froze the set-up's objects",
 }

@@ -99,12 +99,12 @@ class Checkpointer(Hook):
 class MLflowLogger(Hook):
     """Logs each epoch's metrics (finite values) to the run at step = epoch (0-based).
 
-    In fit the write runs in the background, as the checkpoint's does: on_epoch_end queues the epoch's
-    metrics on MLflow's async logging thread (Tracker.log_metrics(wait=False)) after waiting for the
-    previous epoch's, whose error it raises (a failed write fails the run, one epoch later at the latest);
-    on_fit_end waits for the last one, and Tracker.end() for any still queued when fit raised. The loop
-    thread no longer waits for the store: a sqlite write of one epoch took 14 ms on 2 cores, 38 ms while the
-    checkpoint writer held the GIL (docs/design.md, "The loop")."""
+    In fit the write runs in the background, as the checkpoint's does: on_epoch_end waits for the previous
+    epoch's write, raising its error (a failed write fails the run, one epoch later at the latest), then
+    starts this epoch's (Tracker.log_metrics(wait=False)); on_fit_end waits for the last one, and
+    Tracker.end() for one still running when fit raised. The loop thread no longer waits for the store: a
+    sqlite write of one epoch took 14 ms on 2 cores, 38 ms while the checkpoint writer held the GIL
+    (docs/design.md, "The loop")."""
 
     def __init__(self, tracker):
         self.tracker = tracker
