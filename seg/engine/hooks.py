@@ -12,6 +12,7 @@ import torch
 
 from seg.engine import checkpoint
 from seg.engine.loop import Fit, Hook
+from seg.runtime import background_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ class Checkpointer(Hook):
     the previous write, so one write at a time and in order. `flush()` waits for the write in flight and
     raises its error, if any (a failed write fails the run, one epoch later at the latest); fit's end,
     clean() and seg.train (also when fit raises: a KILLED or FAILED run keeps its last.pt) call it before
-    anything reads or removes the files.
+    anything reads or removes the files. The writer thread runs at the lowest CPU priority
+    (seg.runtime.background_thread_priority), so that it takes idle time rather than the training step's.
 
     supersedes: the checkpoint folder of the unfinished run this one resumes (another output dir): once this
     run has written its own last.pt, the old last.pt / last.prev.pt there are removed (nothing resumes from
@@ -66,6 +68,7 @@ class Checkpointer(Hook):
         self._writer.start()
 
     def _write(self, writes: list, old: Path | None) -> None:
+        background_thread_priority()    # nice 19: the training step's threads go first
         try:
             for payload, path, prev in writes:
                 checkpoint.save_atomic(payload, path, keep_previous=prev)

@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -297,6 +298,41 @@ def test_the_checkpoint_written_in_the_background_is_the_epochs_snapshot_and_a_f
     saver.clean()                                                 # waits for that write, then removes both
     assert sorted(p.name for p in saver.folder.iterdir()) == ["best.pt"]
     saver.clean()                                                 # nothing left to remove: no error
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_the_checkpoint_writer_runs_at_the_lowest_cpu_priority_and_the_training_thread_keeps_its_own(
+        tmp_path, monkeypatch):
+    """The writer thread is nice 19, so it takes idle CPU rather than the next epoch's training step; the
+    calling (training) thread and the process keep their priority."""
+    import threading
+    from types import SimpleNamespace
+
+    from seg.engine import hooks
+    from seg.engine.loop import LoopState
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    seen = []
+    real = checkpoint.save_atomic
+
+    def recording(obj, path, keep_previous=None):
+        seen.append(nice())
+        return real(obj, path, keep_previous)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", recording)
+    net, opt = _tiny()
+    saver = hooks.Checkpointer(tmp_path / "checkpoints", {"amp": "off"}, None)
+    state = LoopState()
+    state.epoch, state.best, state.best_epoch = 0, 0.5, 0
+    saver.on_checkpoint(SimpleNamespace(model=net, optimizer=opt, scheduler=None, state=state, monitor="val/dice",
+                                        scaler=torch.amp.GradScaler("cpu", enabled=False)), improved=True)
+    saver.flush()
+    assert seen == [19, 19]                                       # best.pt and last.pt
+    assert nice() == before and os.getpriority(os.PRIO_PROCESS, 0) == before
+    assert checkpoint.load(saver.last)["epoch"] == 0
 
 
 def test_snapshot_copies_tensors_to_the_cpu_keeps_layout_and_state_dict_metadata():
