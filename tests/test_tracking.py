@@ -50,6 +50,12 @@ def test_run_with_unreachable_server_is_one_line_and_exit_1(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One sqlite store for the background-write tests (creating one takes seconds); each test has its own run."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
 def _epoch(tracker, logger, epoch: int, value: float) -> None:
     from types import SimpleNamespace
 
@@ -60,11 +66,11 @@ def _history(tracker, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in tracker.client.get_metric_history(tracker.run_id, key)]
 
 
-def test_epoch_metrics_are_written_in_the_background_and_all_there_when_fit_ends(tmp_path):
+def test_epoch_metrics_are_written_in_the_background_and_all_there_when_fit_ends(store):
     from seg.engine.hooks import MLflowLogger
     from seg.tracking import Tracker
 
-    with Tracker(f"sqlite:///{tmp_path}/mlflow.db", "t", "r", {}) as tracker:
+    with Tracker(store, "t", "r", {}) as tracker:
         logger = MLflowLogger(tracker)
         for epoch in range(3):
             _epoch(tracker, logger, epoch, 1.0 / (epoch + 1))
@@ -74,13 +80,13 @@ def test_epoch_metrics_are_written_in_the_background_and_all_there_when_fit_ends
     assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
-def test_a_failed_background_write_fails_the_run_at_the_next_epoch_or_fit_end(tmp_path):
+def test_a_failed_background_write_fails_the_run_at_the_next_epoch_or_fit_end(store):
     from mlflow.exceptions import MlflowException
 
     from seg.engine.hooks import MLflowLogger
     from seg.tracking import Tracker
 
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "t", "r", {})
+    tracker = Tracker(store, "t", "r", {})
     logger = MLflowLogger(tracker)
     _epoch(tracker, logger, 0, 1.0)
     tracker.flush()                                                 # epoch 0's metrics are in
@@ -94,7 +100,7 @@ def test_a_failed_background_write_fails_the_run_at_the_next_epoch_or_fit_end(tm
     tracker.stop_heartbeat()
 
 
-def test_a_run_ending_with_metrics_still_queued_writes_them_before_its_status(tmp_path, monkeypatch):
+def test_a_run_ending_with_metrics_still_queued_writes_them_before_its_status(store, monkeypatch):
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from seg.engine.hooks import MLflowLogger
@@ -107,10 +113,10 @@ def test_a_run_ending_with_metrics_still_queued_writes_them_before_its_status(tm
             time.sleep(0.5)                                         # a busy store: the queued write lands late
         return write(self, run_id, metrics=metrics, params=params, tags=tags)
 
-    monkeypatch.setattr(SqlAlchemyStore, "log_batch", slow_metrics)    # before the store is made for this URI
+    monkeypatch.setattr(SqlAlchemyStore, "log_batch", slow_metrics)
     seen_at_end = []
     with pytest.raises(KeyboardInterrupt):
-        with Tracker(f"sqlite:///{tmp_path}/mlflow.db", "t", "r", {}) as tracker:
+        with Tracker(store, "t", "r", {}) as tracker:
             terminate = tracker.client.set_terminated
             monkeypatch.setattr(tracker.client, "set_terminated", lambda run_id, status: (
                 seen_at_end.append(_history(tracker, "train/loss")), terminate(run_id, status=status)))

@@ -148,7 +148,7 @@ def test_fit_freezes_the_set_up_objects_out_of_garbage_collection_and_hands_them
             junk.me = junk                                  # a reference cycle: only gc frees it
             ref = weakref.ref(junk)
             del junk
-            gc.collect()
+            gc.collect(0)                                   # the youngest generation, where the cycle is
             self.collected.append(ref() is None)
 
     before = Cycle()
@@ -156,14 +156,13 @@ def test_fit_freezes_the_set_up_objects_out_of_garbage_collection_and_hands_them
     alive = weakref.ref(before)
     train, cases = _data(n_train=1)
     watch = Watch()
-    gc.collect()
     assert gc.get_freeze_count() == 0
     fit(_fit(Recorder(), train, cases, hooks=[watch], epochs=2))
     assert all(n > 1000 for n in watch.frozen), watch.frozen     # the interpreter's objects, the model, ...
     assert watch.collected == [True, True]
     assert gc.get_freeze_count() == 0
     del before
-    gc.collect()
+    gc.collect()                                    # unfrozen objects are in the oldest generation
     assert alive() is None                          # frozen during the fit, collectable after it
 
     class Boom(Hook):
