@@ -104,9 +104,9 @@ FIXES = {
             "0.02 s per epoch but not the epoch, as both cores run the step: trainer.num_workers=1 pays off "
             "only where a core is free",
     "step_extra": "the loop's steps cost more than the bare step: fresh augmented batches, and the background "
-                  "checkpoint write sharing the CPU with the next epoch's first steps (TransUNet cpu: 60-100 ms of "
-                  "CPU for its 25 MB last.pt), and the background MLflow metrics write (about 12 ms); the dice loss, grad clipping and the per-step isfinite check and "
-                  "loss.item() measured under 3 ms per step together",
+                  "writes sharing the CPU with the next epoch's first steps (the checkpoint, at nice 19: 60-100 ms "
+                  "of CPU for TransUNet's 25 MB last.pt; the MLflow metrics, about 12 ms); the dice loss, grad "
+                  "clipping and the per-step isfinite check and loss.item() measured under 3 ms per step together",
     "val_network": "validation's own forward passes (network work the bare step does not include; up to 32 "
                    "images per forward pass): validate every N epochs (trainer.val_every)",
     "val_forward": "validation forward beyond the bare network (logits resized back to the original size, "

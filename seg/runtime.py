@@ -157,9 +157,10 @@ def background_thread_priority() -> bool:
     2 cores) while the next epoch trains. At the same priority it took its share of a core from the training
     step's threads; at nice 19 it runs mostly where they leave a core idle (data loading, Python between ops):
     TransUNet's loop / bare step 0.894 and 0.897 against 0.866 and 0.868 at nice 0 (runs alternated), nice 10
-    0.874-0.875. When the loop waits for the write (the next checkpoint), nothing else of this process runs,
-    so the write gets the core."""
-    if not platform.system() == "Linux":
+    0.874-0.875. When the loop waits for the write (at the next checkpoint), this process runs nothing else, so
+    the write gets a core, unless other busy processes hold both (a sweep with more jobs than cores): then it
+    finishes later, and that job waits for it while the others use the CPU."""
+    if platform.system() != "Linux":
         return False
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
