@@ -1,5 +1,5 @@
-"""The process's run-time set-up, in one place: seeding, the device picker, the AMP dtype, the memory layout, threads
-(and the priority of background ones), and the C allocator's policy for freed memory.
+"""The process's run-time set-up, in one place: seeding, the device picker, the AMP dtype, the memory layout, threads,
+and the C allocator's policy for freed memory.
 
 Every command (training, seg.predict, seg.models.summary, the benchmarks) picks its device through
 `select_device` and its autocast dtype through `amp_dtype` (docs/design.md, "Runtime").
@@ -10,7 +10,6 @@ import ctypes
 import os
 import platform
 import random
-import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -144,29 +143,6 @@ def set_threads(threads: int | None) -> None:
         if threads < 1:
             raise ValueError(f"threads={threads}; expected an integer >= 1 or null")
         torch.set_num_threads(threads)
-
-
-BACKGROUND_NICE = 19
-
-
-def background_thread_priority() -> bool:
-    """Give the calling thread the lowest CPU priority (nice 19) on Linux, where a thread's nice value is its own;
-    -> True where applied (elsewhere, or where the OS refuses: False, nothing changed).
-
-    For the checkpoint writer: it serialises and writes last.pt (60-100 ms of CPU for TransUNet's 25 MB on
-    2 cores) while the next epoch trains. At the same priority it took its share of a core from the training
-    step's threads; at nice 19 it runs mostly where they leave a core idle (data loading, Python between ops):
-    TransUNet's loop / bare step 0.894 and 0.897 against 0.866 and 0.868 at nice 0 (runs alternated), nice 10
-    0.874-0.875. When the loop waits for the write (at the next checkpoint), this process runs nothing else, so
-    the write gets a core, unless other busy processes hold both (a sweep with more jobs than cores): then it
-    finishes later, and that job waits for it while the others use the CPU."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-    except OSError:
-        return False
-    return True
 
 
 MALLOC_ENV = "SEGSWEEP_MALLOC"

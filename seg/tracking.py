@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from seg import PROJECT_ROOT
+from seg.background import BackgroundJob
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class Tracker:
                 self.client.delete_tag(run_id, "failure_reason")
             self.set_tags(tags)
         self.status = "RUNNING"
-        self._pending = None            # (thread, errors) of the metrics write started by log_metrics(wait=False)
+        self._metrics = BackgroundJob(f"metrics-{self.run_id}", daemon=True)   # log_metrics(wait=False)'s writes
         self._stop = threading.Event()
         self._beat = None
         if heartbeat_s:
@@ -241,33 +242,24 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         batches = [items[i:i + BATCH["metrics"]] for i in range(0, len(items), BATCH["metrics"])]
-        if wait:
-            for batch in batches:
-                self.client.log_batch(self.run_id, metrics=batch)
-            return
-        self.flush()
-        errors: list[BaseException] = []
 
         def write() -> None:
-            try:
-                for batch in batches:
-                    self.client.log_batch(self.run_id, metrics=batch)
-            except BaseException as err:            # raised in the caller's thread by flush()
-                errors.append(err)
+            for batch in batches:
+                self.client.log_batch(self.run_id, metrics=batch)
 
-        thread = threading.Thread(target=write, name=f"metrics-{self.run_id}", daemon=True)
-        thread.start()
-        self._pending = (thread, errors)
+        if wait:
+            write()
+            return
+        self.flush()                    # the previous write's error, named as flush() names it
+        self._metrics.start(write)
 
     def flush(self) -> None:
         """Wait for the metrics written with wait=False; MlflowException naming the run if they were not written."""
-        if self._pending is None:
-            return
-        (thread, errors), self._pending = self._pending, None
-        thread.join()
-        if errors:
+        try:
+            self._metrics.wait()
+        except Exception as err:
             raise mlflow.exceptions.MlflowException(
-                f"run {self.run_id}: the background metrics write failed: {errors[0]}") from errors[0]
+                f"run {self.run_id}: the background metrics write failed: {err}") from err
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]

@@ -5,14 +5,13 @@ import logging
 import math
 import os
 import signal
-import threading
 from pathlib import Path
 
 import torch
 
+from seg.background import BackgroundJob
 from seg.engine import checkpoint
 from seg.engine.loop import Fit, Hook
-from seg.runtime import background_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ class Checkpointer(Hook):
     raises its error, if any (a failed write fails the run, one epoch later at the latest); fit's end,
     clean() and seg.train (also when fit raises: a KILLED or FAILED run keeps its last.pt) call it before
     anything reads or removes the files. The writer thread runs at the lowest CPU priority
-    (seg.runtime.background_thread_priority), so that it takes idle time rather than the training step's.
+    (seg.background.background_thread_priority), so that it takes idle time rather than the training step's.
 
     supersedes: the checkpoint folder of the unfinished run this one resumes (another output dir): once this
     run has written its own last.pt, the old last.pt / last.prev.pt there are removed (nothing resumes from
@@ -41,8 +40,7 @@ class Checkpointer(Hook):
         self.generator = loader_generator
         self.dataset = dataset
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._writer: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._writer = BackgroundJob("segsweep-checkpoint", low_priority=True)
 
     @property
     def best(self) -> Path:
@@ -64,30 +62,20 @@ class Checkpointer(Hook):
                        self.last, self.folder / checkpoint.PREV))
         writes = [(checkpoint.snapshot(payload), path, prev) for payload, path, prev in writes]
         old, self.supersedes = self.supersedes, None
-        self._writer = threading.Thread(target=self._write, args=(writes, old), name="segsweep-checkpoint")
-        self._writer.start()
+        self._writer.start(self._write, writes, old)
 
     def _write(self, writes: list, old: Path | None) -> None:
-        background_thread_priority()    # nice 19: the training step's threads go first
-        try:
-            for payload, path, prev in writes:
-                checkpoint.save_atomic(payload, path, keep_previous=prev)
-            if old is not None and old.resolve() != self.folder.resolve():
-                for name in (checkpoint.LAST, checkpoint.PREV):
-                    if (old / name).exists():
-                        (old / name).unlink(missing_ok=True)
-                        log.info("removed %s: superseded by %s", old / name, self.last)
-        except BaseException as err:          # raised in the training thread by flush()
-            self._error = err
+        for payload, path, prev in writes:
+            checkpoint.save_atomic(payload, path, keep_previous=prev)
+        if old is not None and old.resolve() != self.folder.resolve():
+            for name in (checkpoint.LAST, checkpoint.PREV):
+                if (old / name).exists():
+                    (old / name).unlink(missing_ok=True)
+                    log.info("removed %s: superseded by %s", old / name, self.last)
 
     def flush(self) -> None:
         """Wait for the write in flight; raise its error, if it failed."""
-        if self._writer is not None:
-            self._writer.join()         # interrupted (SIGTERM): the next flush waits again
-            self._writer = None
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        self._writer.wait()
 
     def on_fit_end(self, ctx: Fit) -> None:
         self.flush()
