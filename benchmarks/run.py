@@ -72,7 +72,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
@@ -82,7 +81,7 @@ from seg.config import build, compose
 from seg.data import open_dataset
 from seg.engine.inference import folded_batchnorm
 from seg.engine.loop import Hook
-from seg.models.summary import _EXTRA_FLOPS, bench_train, count_flops, n_params
+from seg.models.summary import _EXTRA_FLOPS, _sync, bench_train, count_flops, loss_for, n_params, random_batch
 from seg.runtime import memory_format, retain_freed_memory, weights_layout
 
 OUT = ROOT / "outputs" / "bench"
@@ -126,11 +125,6 @@ FIXES = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -165,23 +159,6 @@ def git_info() -> dict:
     if commit is None:
         return {}
     return {"commit": commit, "dirty": bool(git_output("status", "--porcelain", "--untracked-files=no"))}
-
-
-def loss_for(num_classes: int) -> Callable:
-    """The loss seg.models.summary.bench_train uses: BCE-with-logits (1 class) or cross-entropy."""
-    return F.binary_cross_entropy_with_logits if num_classes == 1 else F.cross_entropy
-
-
-def random_batch(batch: int, in_channels: int, num_classes: int, size: int, seed: int = 0,
-                 device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """x (B, C, S, S) normal, y (B, 1, S, S) float 0/1 (binary) or (B, S, S) int64 class indices."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_channels, size, size, generator=g)
-    if num_classes == 1:
-        y = torch.randint(0, 2, (batch, 1, size, size), generator=g).float()
-    else:
-        y = torch.randint(0, num_classes, (batch, size, size), generator=g)
-    return x.to(device), y.to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,15 +389,9 @@ class BareStep:
     backward, Adam, fp32, CPU -> (wall s, process CPU s) of the step."""
 
     def __init__(self, model: nn.Module, in_channels: int, num_classes: int, size: int, batch: int, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
         self.model, self.batch = model.train(), batch
-        self.x = torch.randn(batch, in_channels, size, size, generator=g)
-        if num_classes == 1:
-            self.y = torch.randint(0, 2, (batch, 1, size, size), generator=g).float()
-            self.loss_fn = F.binary_cross_entropy_with_logits
-        else:
-            self.y = torch.randint(0, num_classes, (batch, size, size), generator=g)
-            self.loss_fn = F.cross_entropy
+        self.x, self.y = random_batch(batch, in_channels, num_classes, size, seed)
+        self.loss_fn = loss_for(num_classes)
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def __call__(self) -> tuple[float, float]:

@@ -26,7 +26,7 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +152,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def loss_for(num_classes: int) -> Callable:
+    """The loss bench_train uses: BCE-with-logits (1 class) or cross-entropy."""
+    return F.binary_cross_entropy_with_logits if num_classes == 1 else F.cross_entropy
+
+
+def random_batch(batch: int, in_channels: int, num_classes: int, size: int, seed: int = 0,
+                 device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, C, S, S) normal, y (B, 1, S, S) float 0/1 (binary) or (B, S, S) int64 class indices."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_channels, size, size, generator=g)
+    if num_classes == 1:
+        y = torch.randint(0, 2, (batch, 1, size, size), generator=g).float()
+    else:
+        y = torch.randint(0, num_classes, (batch, size, size), generator=g)
+    return x.to(device), y.to(device)
+
+
 def bench_train(model: nn.Module, in_channels: int, num_classes: int, size: int,
                 batch_size: int, iters: int = 10, warmup: int = 2,
                 device: str | torch.device = "cpu", lr: float = 1e-3, seed: int = 0) -> float:
@@ -165,15 +182,9 @@ def bench_train(model: nn.Module, in_channels: int, num_classes: int, size: int,
         raise ValueError(f"need iters >= 1, warmup >= 0, batch_size >= 1; got iters={iters}, "
                          f"warmup={warmup}, batch_size={batch_size}")
     device = torch.device(device)
-    g = torch.Generator().manual_seed(seed)
     model = model.to(device).train()
-    x = torch.randn(batch_size, in_channels, size, size, generator=g).to(device)
-    if num_classes == 1:
-        y = torch.randint(0, 2, (batch_size, 1, size, size), generator=g).float().to(device)
-        loss_fn = F.binary_cross_entropy_with_logits
-    else:
-        y = torch.randint(0, num_classes, (batch_size, size, size), generator=g).to(device)
-        loss_fn = F.cross_entropy
+    x, y = random_batch(batch_size, in_channels, num_classes, size, seed, device)
+    loss_fn = loss_for(num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     times = []
