@@ -104,8 +104,7 @@ class MLflowLogger(Hook):
         self.tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=epoch, wait=wait)
 
     def on_epoch_end(self, ctx: Fit, metrics: dict) -> None:
-        self.tracker.flush()
-        self.log_epoch(ctx.epoch, metrics, wait=False)
+        self.log_epoch(ctx.epoch, metrics, wait=False)      # waits for the previous epoch's write first
 
     def on_fit_end(self, ctx: Fit) -> None:
         self.tracker.flush()
