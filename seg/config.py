@@ -19,6 +19,7 @@ from seg import PROJECT_ROOT
 # its own run; `class_weights` reaches the result through the loss node, which is hashed).
 HASH_EXCLUDED = ("paths", "tracking", "device", "threads", "memory_format", "hydra", "resume", "debug", "n_jobs",
                  "slurm", "seeds", "class_weights")
+TRAINER_HASH_EXCLUDED = ("checkpoint_every_s",)    # trainer keys that change when files are written, not results
 
 # Keys that describe a node for humans and MLflow (run names, tags) and are not constructor arguments.
 META_KEYS = ("name", "size")

@@ -75,6 +75,7 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.monitor", "str", choices=MONITORS),
     Rule("trainer.limit_train_batches", "int", 1, nullable=True),
     Rule("trainer.val_every", "int", 1, required=False),
+    Rule("trainer.checkpoint_every_s", "float", 0, required=False),
     Rule("profile.image_size", "int", 16),
     Rule("dataset.num_classes", "int", 1),
     Rule("dataset.in_channels", "int", 1),

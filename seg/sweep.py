@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from seg.config import HASH_EXCLUDED, cv_enabled
+from seg.config import HASH_EXCLUDED, TRAINER_HASH_EXCLUDED, cv_enabled
 from seg.engine import checkpoint
 from seg.engine.checkpoint import write_text_atomic
 
@@ -36,14 +36,16 @@ def config_hash(resolved: dict, replace: Sequence[str]) -> str:
     `replace`: machine-specific path prefixes (cache, project root) replaced by placeholders.
     Cross-validation: `cv` (folds, fold, seed) is hashed only when cv.folds is set, so each fold is its own
     configuration (like a seed) and a run without CV keeps the hash it had before the `cv` node existed;
-    likewise trainer.val_every counts only when it is not 1 (validate every epoch, as before the key)."""
+    likewise trainer.val_every counts only when it is not 1 (validate every epoch, as before the key), and
+    trainer.checkpoint_every_s never does (when files are written does not change what is trained)."""
     keep = {k: v for k, v in resolved.items() if k not in HASH_EXCLUDED}
     if not cv_enabled(keep):
         keep.pop("cv", None)
     trainer = keep.get("trainer")
-    if isinstance(trainer, dict) and trainer.get("val_every", 1) == 1:
+    if isinstance(trainer, dict):
         # validating every epoch is what every run did before trainer.val_every existed: the same hash
-        keep["trainer"] = {k: v for k, v in trainer.items() if k != "val_every"}
+        dropped = TRAINER_HASH_EXCLUDED + (("val_every",) if trainer.get("val_every", 1) == 1 else ())
+        keep["trainer"] = {k: v for k, v in trainer.items() if k not in dropped}
     text = json.dumps(keep, sort_keys=True, default=str)
     for i, path in enumerate(replace):
         text = text.replace(path, f"<path{i}>")

@@ -224,7 +224,8 @@ def _fit_and_test(cfg, tracker: Tracker, out_dir: Path, device, dtype, resolved:
     loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers,
                         generator=generator, drop_last=len(data.train) > t.batch_size,
                         pin_memory=device.type == "cuda", worker_init_fn=seed_worker)
-    saver = Checkpointer(out_dir / "checkpoints", resolved, generator, data.train, supersedes=resume["folder"])
+    saver = Checkpointer(out_dir / "checkpoints", resolved, generator, data.train, supersedes=resume["folder"],
+                         every_s=float(t.get("checkpoint_every_s") or 0))
     logger = MLflowLogger(tracker)
     state = LoopState()
     ckpt = resume["ckpt"]

@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -17,15 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer(Hook):
-    """Writes best.pt when the monitored value improved and last.pt after every epoch, atomically
-    (the previous last.pt kept as last.prev.pt). Schema: seg.engine.checkpoint.
+    """Writes best.pt (the monitored value improved) and last.pt (every epoch's resume state) atomically, the
+    previous last.pt kept as last.prev.pt. Schema: seg.engine.checkpoint.
 
-    The files are written by a background thread while the next epoch trains: on_checkpoint takes a CPU
-    snapshot of the payloads (checkpoint.snapshot: training can no longer change them), waiting first for
-    the previous write, so one write at a time and in order. `flush()` waits for the write in flight and
-    raises its error, if any (a failed write fails the run, one epoch later at the latest); fit's end,
-    clean() and seg.train (also when fit raises: a KILLED or FAILED run keeps its last.pt) call it before
-    anything reads or removes the files. The writer thread runs at the lowest CPU priority
+    on_checkpoint takes a CPU snapshot of the epoch's payloads (checkpoint.snapshot: training can no longer
+    change them). Files are written by a background thread while the next epoch trains, one write at a time
+    and in order, and at most every `every_s` seconds (trainer.checkpoint_every_s; 0: after every epoch): in
+    between, the newest snapshots (best and last) are held in memory and replace each other. `flush()` writes
+    what is held and waits for it, raising a write's error (a failed write fails the run, one epoch later at
+    the latest); fit's end and seg.train call it before anything reads the files, also when fit raises: a
+    run stopped by SIGTERM / Ctrl-C or failing keeps the last epoch it finished as last.pt. Only a process
+    killed outright (SIGKILL, the machine lost) loses the epochs since the last write. best.pt is always
+    written before the last.pt that names it. The writer thread runs at the lowest CPU priority
     (seg.background.background_thread_priority), so that it takes idle time rather than the training step's.
 
     supersedes: the checkpoint folder of the unfinished run this one resumes (another output dir): once this
@@ -33,14 +37,17 @@ class Checkpointer(Hook):
     them any more; best.pt and set-aside *.damaged files stay)."""
 
     def __init__(self, folder: Path, config: dict, loader_generator: torch.Generator | None, dataset=None,
-                 supersedes: Path | None = None):
+                 supersedes: Path | None = None, every_s: float = 0.0):
         self.folder = Path(folder)
         self.supersedes = Path(supersedes) if supersedes is not None else None
         self.config = config
         self.generator = loader_generator
         self.dataset = dataset
+        self.every_s = float(every_s)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._writer = BackgroundJob("segsweep-checkpoint", low_priority=True)
+        self._held: dict[str, tuple] = {}           # "best" / "last" -> (snapshot, path, keep_previous), not written
+        self._written_at = time.monotonic()         # when the last write started (or the run did)
 
     @property
     def best(self) -> Path:
@@ -51,17 +58,27 @@ class Checkpointer(Hook):
         return self.folder / checkpoint.LAST
 
     def on_checkpoint(self, ctx: Fit, improved: bool) -> None:
-        self.flush()
+        self._writer.wait()                         # the previous write's error fails the run here
         st = ctx.state
-        writes = []
         if improved:
-            writes.append((checkpoint.best_payload(ctx.model, self.config, st.best_epoch, ctx.monitor, st.best),
-                           self.best, None))
-        writes.append((checkpoint.last_payload(ctx.model, self.config, ctx.optimizer, ctx.scheduler, ctx.scaler,
-                                               st.loop_dict(), st.history, self.generator, self.dataset),
-                       self.last, self.folder / checkpoint.PREV))
-        writes = [(checkpoint.snapshot(payload), path, prev) for payload, path, prev in writes]
-        old, self.supersedes = self.supersedes, None
+            payload = checkpoint.best_payload(ctx.model, self.config, st.best_epoch, ctx.monitor, st.best)
+            self._held["best"] = (checkpoint.snapshot(payload), self.best, None)
+        payload = checkpoint.last_payload(ctx.model, self.config, ctx.optimizer, ctx.scheduler, ctx.scaler,
+                                          st.loop_dict(), st.history, self.generator, self.dataset)
+        self._held["last"] = (checkpoint.snapshot(payload), self.last, self.folder / checkpoint.PREV)
+        if time.monotonic() - self._written_at >= self.every_s:
+            self._write_held()
+
+    def _write_held(self) -> None:
+        """Start writing the held snapshots in the background: best.pt, then last.pt."""
+        writes = [self._held[k] for k in ("best", "last") if k in self._held]
+        if not writes:
+            return
+        old = None
+        if "last" in self._held:
+            old, self.supersedes = self.supersedes, None
+        self._held = {}
+        self._written_at = time.monotonic()
         self._writer.start(self._write, writes, old)
 
     def _write(self, writes: list, old: Path | None) -> None:
@@ -74,14 +91,18 @@ class Checkpointer(Hook):
                     log.info("removed %s: superseded by %s", old / name, self.last)
 
     def flush(self) -> None:
-        """Wait for the write in flight; raise its error, if it failed."""
+        """Write the held snapshots and wait until every write is on disk; raise a write's error, if one failed
+        (a failed earlier write is raised before the held snapshots are written: they stay held)."""
+        self._writer.wait()
+        self._write_held()
         self._writer.wait()
 
     def on_fit_end(self, ctx: Fit) -> None:
         self.flush()
 
     def clean(self) -> None:
-        """Remove last.pt / last.prev.pt (only needed to resume an unfinished run)."""
+        """Remove last.pt / last.prev.pt (only needed to resume an unfinished run); a held best.pt is written."""
+        self._held.pop("last", None)
         self.flush()
         for name in (checkpoint.LAST, checkpoint.PREV):
             (self.folder / name).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from typing import Sequence
 import pandas as pd
 
 from seg import tracking
-from seg.config import HASH_EXCLUDED
+from seg.config import HASH_EXCLUDED, TRAINER_HASH_EXCLUDED
 
 PARENT_TAG = getattr(tracking, "PARENT_TAG", "segsweep.parent")  # "true" on a sweep's parent run
 NO_SWEEP = "none"                      # sweep_id of a single (non-multirun) run
@@ -125,13 +125,14 @@ class Run:
 
     @property
     def settings(self) -> dict[str, str]:
-        """The result-defining settings: MLflow params less HASH_EXCLUDED's top-level keys and the seed,
-        the machine's paths replaced as config_hash replaces them."""
+        """The result-defining settings: MLflow params less HASH_EXCLUDED's top-level keys, TRAINER_HASH_EXCLUDED's
+        trainer keys and the seed, the machine's paths replaced as config_hash replaces them."""
         swaps = [(self.params[k], f"<path{i}>") for i, k in enumerate(("paths.cache", "paths.root"))
                  if _is_set(self.params.get(k))]
         out = {}
         for key, value in self.params.items():   # the seed and the CV fold: replicates of one configuration
-            if key in ("seed", "cv.fold") or key.split(".", 1)[0] in HASH_EXCLUDED:
+            if key in ("seed", "cv.fold") or key.split(".", 1)[0] in HASH_EXCLUDED \
+                    or key in {f"trainer.{k}" for k in TRAINER_HASH_EXCLUDED}:
                 continue
             text = str(value)
             for path, token in swaps:

@@ -300,6 +300,62 @@ def test_the_checkpoint_written_in_the_background_is_the_epochs_snapshot_and_a_f
     saver.clean()                                                 # nothing left to remove: no error
 
 
+def test_checkpoints_are_held_in_memory_between_writes_and_flush_writes_the_newest_epoch(tmp_path, monkeypatch):
+    """trainer.checkpoint_every_s: an epoch's snapshots (best.pt when improved, last.pt) are held until every_s
+    has passed since the last write; then the newest of each is written, best.pt before last.pt. flush() (fit's
+    end, a run stopped or failing) writes what is held; clean() drops a held last.pt but writes a held best.pt."""
+    from types import SimpleNamespace
+
+    from seg.engine import hooks
+    from seg.engine.loop import LoopState
+
+    clock = [1000.0]
+    monkeypatch.setattr(hooks.time, "monotonic", lambda: clock[0])
+    order = []
+    real = checkpoint.save_atomic
+
+    def recording(obj, path, keep_previous=None):
+        order.append((path.name, obj["epoch"]))
+        return real(obj, path, keep_previous)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", recording)
+    net, opt = _tiny()
+    saver = hooks.Checkpointer(tmp_path / "ckpt", {"amp": "off"}, None, every_s=60)
+    state = LoopState()
+    ctx = SimpleNamespace(model=net, optimizer=opt, scheduler=None, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                          state=state, monitor="val/dice")
+
+    def epoch(e: int, improved: bool, seconds: float) -> None:
+        clock[0] += seconds
+        state.epoch = e
+        if improved:
+            state.best, state.best_epoch = 0.1 * (e + 1), e
+        with torch.no_grad():
+            net.weight.fill_(float(e))                           # each epoch's weights are its number
+        saver.on_checkpoint(ctx, improved)
+        saver._writer.wait()                                     # let a write started here finish
+
+    epoch(0, True, 20)
+    epoch(1, True, 20)
+    epoch(2, False, 19.5)                                        # 59.5 s after the start: nothing written yet
+    assert order == [] and not any(saver.folder.iterdir())
+    epoch(3, False, 0.5)                                         # 60 s: the newest best (epoch 1) and last (3)
+    assert order == [("best.pt", 1), ("last.pt", 3)]
+    assert torch.equal(checkpoint.load(saver.best)["state_dict"]["weight"], torch.full((2, 3), 1.0))
+    assert torch.equal(checkpoint.load(saver.last)["state_dict"]["weight"], torch.full((2, 3), 3.0))
+    epoch(4, True, 30)
+    epoch(5, False, 10)                                          # 40 s since the write: held
+    assert len(order) == 2
+    saver.flush()                                                # as fit's end, SIGTERM or a failure does
+    assert order[2:] == [("best.pt", 4), ("last.pt", 5)]
+    assert checkpoint.load(saver.folder / "last.prev.pt")["epoch"] == 3 and checkpoint.load(saver.last)["epoch"] == 5
+    saver.flush()                                                # nothing held: nothing written again
+    epoch(6, True, 1)
+    saver.clean()
+    assert order[4:] == [("best.pt", 6)] and sorted(p.name for p in saver.folder.iterdir()) == ["best.pt"]
+    assert torch.equal(checkpoint.load(saver.best)["state_dict"]["weight"], torch.full((2, 3), 6.0))
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
 def test_the_checkpoint_writer_runs_at_the_lowest_cpu_priority_and_the_training_thread_keeps_its_own(
         tmp_path, monkeypatch):

@@ -43,10 +43,12 @@ def _history(tmp: Path, store: str, run_id: str, key: str) -> list[tuple[int, fl
 def test_a_killed_and_resumed_run_equals_the_uninterrupted_one_bitwise(tmp_path, phantom_cache, workers):
     extra = f"trainer.num_workers={workers}"
     run(_cfg(tmp_path, "whole", extra))
-    with pytest.raises(KeyboardInterrupt):
-        run(_cfg(tmp_path, "split", extra, "debug.sigterm_after_epoch=2"))
+    with pytest.raises(KeyboardInterrupt):     # no file written at an epoch's end: the SIGTERM writes epoch 2's state
+        run(_cfg(tmp_path, "split", extra, "debug.sigterm_after_epoch=2", "trainer.checkpoint_every_s=3600"))
     (killed,) = _runs(tmp_path, "split")
     assert killed.info.status == "KILLED"
+    folder = Path(killed.data.tags["output_dir"]) / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.pt"]      # one write: no last.prev.pt
     run(_cfg(tmp_path, "split", extra))
     (whole,), (split,) = _runs(tmp_path, "whole"), _runs(tmp_path, "split")
     assert split.info.run_id == killed.info.run_id and split.info.status == "FINISHED"
@@ -90,8 +92,8 @@ def test_the_diverging_sgd_of_the_probe_is_failed_not_finished(tmp_path, phantom
 
 @pytest.mark.slow
 def test_a_truncated_last_checkpoint_resumes_from_the_previous_one_without_duplicated_steps(tmp_path, phantom_cache):
-    with pytest.raises(KeyboardInterrupt):
-        run(_cfg(tmp_path, "s", "debug.sigterm_after_epoch=2"))
+    with pytest.raises(KeyboardInterrupt):                      # last.pt written after every epoch
+        run(_cfg(tmp_path, "s", "debug.sigterm_after_epoch=2", "trainer.checkpoint_every_s=0"))
     (killed,) = _runs(tmp_path, "s")
     folder = Path(killed.data.tags["output_dir"]) / "checkpoints"
     assert torch.load(folder / "last.prev.pt", weights_only=True)["loop"]["epoch"] == 0
