@@ -1,13 +1,15 @@
 """Work the training loop hands to a thread and goes on: one job at a time, in order, its error raised in the loop's
-thread (`BackgroundJob`: the checkpoint write, the MLflow metrics write), and the CPU priority such a thread can take
-(`background_thread_priority`). No torch here: seg.tracking imports it.
+thread (`BackgroundJob`: the checkpoint write, the MLflow metrics write), the next training batches made while the
+step runs (`prefetched`), and the CPU priority such a thread can take (`background_thread_priority`). No torch here:
+seg.tracking imports it.
 """
 from __future__ import annotations
 
 import os
 import platform
+import queue
 import threading
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 BACKGROUND_NICE = 19
 
@@ -64,3 +66,64 @@ class BackgroundJob:
         error, self._error = self._error, None
         if error is not None:
             raise error
+
+
+_END = object()
+
+
+def prefetched(items: Iterable, limit: int | None = None, name: str = "segsweep-prefetch",
+               low_priority: bool = True) -> Iterator:
+    """Iterate `items` with the next ones made ahead by a background thread (named `name`) while the caller works
+    on the current one: the DataLoader's batches of a training epoch without loader workers, augmented while the
+    training step runs.
+
+    The thread takes exactly what the caller would: at most `limit` items, in order, from one iterator, so the
+    random streams it draws from (the loader's shuffle, the transforms' generators) end where a plain loop leaves
+    them. An error raised by the iterable is raised to the caller where the plain loop would have met it. Closing
+    the generator early (a break, an exception in the caller's loop, SIGTERM) stops the thread after the item it
+    is making and waits for it. low_priority: the thread runs at nice 19 (background_thread_priority): at the
+    same priority it took the training step's cores (TransUNet cpu, loop / bare step 0.886 and 0.887 against
+    0.899 and 0.908 without it; at nice 19 0.920 and 0.913)."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        if low_priority:
+            background_thread_priority()
+        try:
+            it, made = iter(items), 0
+            while (limit is None or made < limit) and not stop.is_set():
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                made += 1
+                if not put((True, item)):
+                    return
+        except BaseException as err:           # raised in the caller's thread, at this item
+            put((False, err))
+            return
+        put((True, _END))
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = ready.get()
+            if not ok:
+                raise item
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()

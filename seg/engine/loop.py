@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from seg.background import prefetched
 from seg.engine.checkpoint import nonfinite
 from seg.engine.inference import evaluate
 from seg.metrics import summarize
@@ -137,37 +138,42 @@ def train_epoch(model, loader, loss_fn, optimizer, scaler, device, dtype, accumu
     total, seen, steps, wait = 0.0, 0, 0, 0.0
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=batches, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
-    it = iter(loader)
-    for step in range(batches):
-        t0 = time.perf_counter()
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        wait += time.perf_counter() - t0
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, C, S, S), (B, S, S)
-        with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
-            logits = model(x)                                                     # (B, K, S, S)
-            loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):
-            where = f"epoch {epoch + 1}, step {step + 1}" if epoch is not None else f"{desc}, step {step + 1}"
-            raise NonFiniteLossError(f"loss is {loss.item()} at {where}: stopping this run (lower the learning "
-                                     "rate, enable trainer.grad_clip, or check the data)")
-        scaler.scale(loss / accumulate).backward()
-        total += loss.item() * x.shape[0]
-        seen += x.shape[0]
-        if (step + 1) % accumulate == 0 or step + 1 == batches:
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            if on_step is not None:
-                on_step(loss.item(), seen)
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / seen:.4f}")
+    workers = getattr(loader, "num_workers", 0)
+    it = prefetched(loader, batches, name="segsweep-batches") if workers == 0 else iter(loader)
+    try:
+        for step in range(batches):
+            t0 = time.perf_counter()
+            try:
+                x, y = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - t0
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, C, S, S), (B, S, S)
+            with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
+                logits = model(x)                                                     # (B, K, S, S)
+                loss = loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                where = f"epoch {epoch + 1}, step {step + 1}" if epoch is not None else f"{desc}, step {step + 1}"
+                raise NonFiniteLossError(f"loss is {loss.item()} at {where}: stopping this run (lower the learning "
+                                         "rate, enable trainer.grad_clip, or check the data)")
+            scaler.scale(loss / accumulate).backward()
+            total += loss.item() * x.shape[0]
+            seen += x.shape[0]
+            if (step + 1) % accumulate == 0 or step + 1 == batches:
+                if grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+                if on_step is not None:
+                    on_step(loss.item(), seen)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+    finally:
+        if workers == 0:
+            it.close()              # stops the prefetching thread, also when the step raised
     bar.close()
     if stats is not None:
         stats.update(steps=steps, data_wait=wait)

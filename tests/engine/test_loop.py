@@ -369,3 +369,62 @@ def test_nonfinite_names_each_bad_tensor_and_no_finite_one_even_when_the_fused_n
                      ("inf16", torch.tensor([float("inf")], dtype=torch.float16))]
     assert nonfinite(bad) == ["nan", "inf64", "inf16"]
     assert nonfinite([("x", torch.zeros(5)), ("p", torch.nn.Parameter(torch.tensor([math.nan])))]) == ["p"]
+
+
+def test_batches_read_ahead_by_a_thread_are_the_batches_and_random_draws_of_a_plain_loop():
+    """A loader without workers is read one batch ahead by a thread (seg.background.prefetched): the epoch trains
+    on the same batches in the same order, and the loader's shuffle and the augmentations' generators end where a
+    plain loop over `limit` batches leaves them (last.pt saves them: a resumed run draws what an uninterrupted
+    one would)."""
+    import threading
+
+    from torch.utils.data import DataLoader
+
+    from seg.data.transforms import PairedDataset, build_transforms
+
+    readers = set()
+
+    class Shapes(PairedDataset):
+        def __len__(self):
+            return 24
+
+        def load(self, index):
+            readers.add(threading.current_thread().name)
+            image = np.full((20, 20), 10 * index, np.uint8)
+            image[5:15, 4:12] = 200
+            return image, (image > 100).astype(np.uint8)
+
+    def loader():
+        return DataLoader(Shapes(build_transforms(16, train=True, seed=7)), batch_size=4, shuffle=True,
+                          num_workers=0, generator=torch.Generator().manual_seed(3))
+
+    plain = loader()
+    it = iter(plain)
+    expected = [next(it)[0] for _ in range(3)]                    # what a plain loop takes for limit=3
+    seen, threads = [], set()
+
+    class Net(Recorder):
+        def forward(self, x):
+            seen.append(x.clone())
+            return super().forward(x)
+
+    ahead = loader()
+    readers.clear()
+    model = Net()
+    loss = torch.nn.BCEWithLogitsLoss()
+    train_epoch(model, ahead, lambda logits, y: (threads.add(threading.current_thread().name),
+                                                 loss(logits[:, 0], y.float()))[1],
+                torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler("cpu", enabled=False),
+                torch.device("cpu"), None, limit=3)
+    assert len(seen) == 3 and all(torch.equal(a, b) for a, b in zip(seen, expected))
+    assert torch.equal(ahead.generator.get_state(), plain.generator.get_state())
+    t_ahead, t_plain = ahead.dataset.transform, plain.dataset.transform
+    assert t_ahead.random_generator.bit_generator.state == t_plain.random_generator.bit_generator.state
+    assert t_ahead.py_random.getstate() == t_plain.py_random.getstate()
+    assert threads == {"MainThread"} and readers == {"segsweep-batches"}         # the step here, the reading there
+    assert "segsweep-batches" not in [t.name for t in threading.enumerate()]
+    nan = lambda logits, y: loss(logits[:, 0], y.float()) * (float("nan") if len(seen) == 5 else 1.0)  # noqa: E731
+    with pytest.raises(NonFiniteLossError, match="step 2") as err:     # err keeps the epoch's frame alive
+        train_epoch(model, loader(), nan, torch.optim.SGD(model.parameters(), lr=0.1),
+                    torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), None, epoch=0)
+    assert err.value and "segsweep-batches" not in [t.name for t in threading.enumerate()]   # stopped, not left
