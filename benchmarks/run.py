@@ -97,14 +97,15 @@ SMP_ENCODERS = ("timm-regnetx_002", "timm-regnety_002", "mit_b0", "efficientnet-
 
 # where the loop's time goes when it is slower than the bare step, and what would fix it
 FIXES = {
-    "data": "augmentation runs in the main process (the cpu profile's num_workers=0), in series with the step "
-            "(decoding is cached: seg.data.cache); it is about 1 ms of albumentations per 96 px image, mostly the "
-            "per-call overhead of seven transforms. On 2 cores a prefetching thread cut the wait from 0.11 to "
-            "0.02 s per epoch but not the epoch, as both cores run the step: trainer.num_workers=1 pays off "
-            "only where a core is free",
+    "data": "the wait for the next batch: without loader workers (the cpu profile's num_workers=0) a nice-19 "
+            "thread augments it while the step runs (seg.background.prefetched; decoding is cached: "
+            "seg.data.cache), about 1 ms of albumentations per 96 px image, mostly the per-call overhead of seven "
+            "transforms; what is left is the first batch of each epoch and batches the thread could not finish "
+            "while both cores ran the step",
     "step_extra": "the loop's steps cost more than the bare step: fresh augmented batches, and the background "
-                  "writes sharing the CPU with the next epoch's first steps (the checkpoint, at nice 19: 60-100 ms "
-                  "of CPU for TransUNet's 25 MB last.pt; the MLflow metrics, about 12 ms); the dice loss, grad "
+                  "work sharing the CPU with the steps (the batch read ahead and the checkpoint write, both at "
+                  "nice 19: 60-100 ms of CPU per write of TransUNet's 25 MB last.pt, at most every "
+                  "trainer.checkpoint_every_s; the MLflow metrics, about 12 ms per epoch); the dice loss, grad "
                   "clipping and the per-step isfinite check and loss.item() measured under 3 ms per step together",
     "val_network": "validation's own forward passes (network work the bare step does not include; up to 32 "
                    "images per forward pass): validate every N epochs (trainer.val_every)",
