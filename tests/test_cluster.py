@@ -19,7 +19,9 @@ from tests.conftest import compose_cfg
 
 CLUSTER = PROJECT_ROOT / "scripts" / "cluster" / "cluster.sh"
 STUDY = ["experiment=covid_arch_x_loss"]
-TINY = ["profile.image_size=32", "trainer.epochs=3", "trainer.limit_train_batches=2", "tracking.overlays=1"]
+# trainer.checkpoint_every_s=0: last.pt after every epoch, which the tests wait for to find a job mid-run
+TINY = ["profile.image_size=32", "trainer.epochs=3", "trainer.limit_train_batches=2", "tracking.overlays=1",
+        "trainer.checkpoint_every_s=0"]
 
 
 def _run(args: list[str], tmp_path: Path, path: str, **env) -> subprocess.CompletedProcess:
