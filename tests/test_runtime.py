@@ -152,7 +152,9 @@ _FAULTS = textwrap.dedent("""
     net = UNet(in_channels=1, num_classes=1, base_width=12, depth=4)
     opt = torch.optim.Adam(net.parameters())
     x, y = torch.randn(8, 1, 96, 96), torch.rand(8, 1, 96, 96).round()
-    def faults_per_step(warmup=3, steps=2):
+    def faults_per_step(warmup=3, steps=5):
+        # the median of single steps after a warm-up: one step meeting a stray burst of faults on a shared machine
+        # does not decide it (one run saw 1,386 per retained step in the mean of two)
         def step():
             loss = F.binary_cross_entropy_with_logits(net(x), y)
             opt.zero_grad()
@@ -160,10 +162,12 @@ _FAULTS = textwrap.dedent("""
             opt.step()
         for _ in range(warmup):
             step()
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        counts = []
         for _ in range(steps):
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             step()
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / steps
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+        return sorted(counts)[len(counts) // 2]
     system = faults_per_step()
     os.environ["SEGSWEEP_MALLOC"] = "retain"
     print(json.dumps({"system": system, "applied": retain_freed_memory(), "retain": faults_per_step()}))
@@ -185,7 +189,7 @@ def test_retained_freed_memory_takes_the_page_faults_out_of_training_steps():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["applied"] is True
     assert out["system"] > 500, out                   # the default policy: fresh pages every step
-    assert out["retain"] < out["system"] / 3, out     # measured here: 0-432 against 2,700-15,000 per step
+    assert out["retain"] < out["system"] / 3, out     # medians here: 0-126 against 9,000-12,000 per step
 
 
 @GLIBC
