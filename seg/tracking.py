@@ -511,11 +511,22 @@ def summary_metric_key(key: str) -> str:
 
 
 def describe_experiment(uri: str, experiment: str, text: str) -> None:
-    """Set the experiment's description (`mlflow.note.content`) where it has none (a person's own text stays)."""
+    """Set the experiment's description (`mlflow.note.content`) where it has none (a person's own text stays).
+
+    Every job of a sweep calls it as it starts. Two jobs starting together both find no description, and on a
+    database store the second insert fails (PostgreSQL: "duplicate key value violates unique constraint
+    experiment_tag_pk"): then the other job's description stands. A description is never worth a run: any
+    other failure is logged as a warning naming the experiment, and the run goes on."""
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
-    if exp is not None and not exp.tags.get(NOTE_TAG):
+    if exp is None or exp.tags.get(NOTE_TAG):
+        return
+    try:
         client.set_experiment_tag(exp.experiment_id, NOTE_TAG, text)
+    except mlflow.exceptions.MlflowException as err:
+        if not client.get_experiment(exp.experiment_id).tags.get(NOTE_TAG):
+            log.warning("could not set the description of MLflow experiment %s: %s", experiment,
+                        str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
 def sweep_title(study: str, started: str) -> str:

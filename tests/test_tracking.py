@@ -124,3 +124,44 @@ def test_a_run_ending_with_metrics_still_queued_writes_them_before_its_status(st
             raise KeyboardInterrupt("SIGTERM")
     assert seen_at_end == [[(0, 0.7)]]                              # in the store before the status
     assert tracker.client.get_run(tracker.run_id).info.status == "KILLED"
+
+
+def test_two_jobs_describing_the_experiment_at_once_do_not_fail_either(monkeypatch, caplog):
+    """Both jobs of a sweep find no description; the second insert clashes on a database store (seen on
+    PostgreSQL: a job of the SLURM study FAILED on it). The other job's text stands, and a description that
+    cannot be set at all is a warning, never a failed run."""
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    from seg import tracking
+
+    class Store:
+        tags: dict = {}
+        other_job_wins = True
+
+        def __init__(self, tracking_uri):
+            pass
+
+        def get_experiment_by_name(self, name):
+            return SimpleNamespace(experiment_id="7", tags={})           # read before the other job wrote
+
+        def get_experiment(self, experiment_id):
+            return SimpleNamespace(experiment_id=experiment_id, tags=dict(Store.tags))
+
+        def set_experiment_tag(self, experiment_id, key, value):
+            if Store.other_job_wins:
+                Store.tags[key] = "the other job's text"
+            raise MlflowException('(psycopg2.errors.UniqueViolation) duplicate key value violates unique '
+                                  'constraint "experiment_tag_pk"')
+
+    monkeypatch.setattr(tracking, "MlflowClient", Store)
+    caplog.set_level("WARNING")
+    tracking.describe_experiment("http://127.0.0.1:1", "phantom_xray", "this job's text")
+    assert Store.tags == {tracking.NOTE_TAG: "the other job's text"} and not caplog.records
+    Store.tags, Store.other_job_wins = {}, False
+    tracking.describe_experiment("http://127.0.0.1:1", "phantom_xray", "this job's text")
+    (warning,) = caplog.records
+    assert warning.getMessage() == ("could not set the description of MLflow experiment phantom_xray: "
+                                    "(psycopg2.errors.UniqueViolation) duplicate key value violates unique "
+                                    'constraint "experiment_tag_pk"')
