@@ -16,7 +16,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import mlflow
 from mlflow import MlflowClient
@@ -510,23 +510,30 @@ def summary_metric_key(key: str) -> str:
     return f"test/{key}"
 
 
-def describe_experiment(uri: str, experiment: str, text: str) -> None:
-    """Set the experiment's description (`mlflow.note.content`) where it has none (a person's own text stays).
+def _describe(write: Callable[[], None], written: Callable[[], bool], what: str) -> None:
+    """write() a description tag that every job of a sweep may write as it starts. Two jobs starting together
+    both find it missing, and on a database store the second insert fails (PostgreSQL: "duplicate key value
+    violates unique constraint experiment_tag_pk"): when written() then says the other job's text is there, it
+    stands. A description is never worth a run: any other failure is a warning naming `what`, and the run
+    goes on."""
+    try:
+        write()
+    except mlflow.exceptions.MlflowException as err:
+        if not written():
+            log.warning("could not set the description of %s: %s", what,
+                        str(err).splitlines()[0] if str(err) else type(err).__name__)
 
-    Every job of a sweep calls it as it starts. Two jobs starting together both find no description, and on a
-    database store the second insert fails (PostgreSQL: "duplicate key value violates unique constraint
-    experiment_tag_pk"): then the other job's description stands. A description is never worth a run: any
-    other failure is logged as a warning naming the experiment, and the run goes on."""
+
+def describe_experiment(uri: str, experiment: str, text: str) -> None:
+    """Set the experiment's description (`mlflow.note.content`) where it has none (a person's own text stays);
+    two jobs at once, or a failure: _describe."""
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None or exp.tags.get(NOTE_TAG):
         return
-    try:
-        client.set_experiment_tag(exp.experiment_id, NOTE_TAG, text)
-    except mlflow.exceptions.MlflowException as err:
-        if not client.get_experiment(exp.experiment_id).tags.get(NOTE_TAG):
-            log.warning("could not set the description of MLflow experiment %s: %s", experiment,
-                        str(err).splitlines()[0] if str(err) else type(err).__name__)
+    _describe(lambda: client.set_experiment_tag(exp.experiment_id, NOTE_TAG, text),
+              lambda: bool(client.get_experiment(exp.experiment_id).tags.get(NOTE_TAG)),
+              f"MLflow experiment {experiment}")
 
 
 def sweep_title(study: str, started: str) -> str:
@@ -541,8 +548,9 @@ def describe_sweep_parent(uri: str, run_id: str, name: str, note: str) -> None:
     run = client.get_run(run_id)
     if run.info.run_name != name:
         client.update_run(run_id, name=name)
-    if run.data.tags.get(NOTE_TAG) != note:
-        client.set_tag(run_id, NOTE_TAG, note)
+    if run.data.tags.get(NOTE_TAG) != note:            # two jobs at once, or a failure: _describe
+        _describe(lambda: client.set_tag(run_id, NOTE_TAG, note),
+                  lambda: client.get_run(run_id).data.tags.get(NOTE_TAG) == note, f"the sweep's parent run {run_id}")
 
 
 # the sweep link's sort: best test Dice first. Sorted by anything but the start time, the MLflow UI lists a

@@ -126,7 +126,7 @@ def test_a_run_ending_with_metrics_still_queued_writes_them_before_its_status(st
     assert tracker.client.get_run(tracker.run_id).info.status == "KILLED"
 
 
-def test_two_jobs_describing_the_experiment_at_once_do_not_fail_either(monkeypatch, caplog):
+def test_two_jobs_describing_the_experiment_or_the_sweep_parent_at_once_do_not_fail_either(monkeypatch, caplog):
     """Both jobs of a sweep find no description; the second insert clashes on a database store (seen on
     PostgreSQL: a job of the SLURM study FAILED on it). The other job's text stands, and a description that
     cannot be set at all is a warning, never a failed run."""
@@ -155,6 +155,16 @@ def test_two_jobs_describing_the_experiment_at_once_do_not_fail_either(monkeypat
             raise MlflowException('(psycopg2.errors.UniqueViolation) duplicate key value violates unique '
                                   'constraint "experiment_tag_pk"')
 
+        def get_run(self, run_id):                               # a sweep's parent run, its name already set
+            return SimpleNamespace(info=SimpleNamespace(run_name="study 2026-11-27 13:42"),
+                                   data=SimpleNamespace(tags=dict(Store.tags)))
+
+        def set_tag(self, run_id, key, value):
+            if Store.other_job_wins:
+                Store.tags[key] = value                           # the other job wrote the same note
+            raise MlflowException('(psycopg2.errors.UniqueViolation) duplicate key value violates unique '
+                                  'constraint "tag_pk"')
+
     monkeypatch.setattr(tracking, "MlflowClient", Store)
     caplog.set_level("WARNING")
     tracking.describe_experiment("http://127.0.0.1:1", "phantom_xray", "this job's text")
@@ -165,3 +175,13 @@ def test_two_jobs_describing_the_experiment_at_once_do_not_fail_either(monkeypat
     assert warning.getMessage() == ("could not set the description of MLflow experiment phantom_xray: "
                                     "(psycopg2.errors.UniqueViolation) duplicate key value violates unique "
                                     'constraint "experiment_tag_pk"')
+    caplog.clear()
+    Store.tags, Store.other_job_wins = {}, True                  # every job of a sweep names and describes its parent
+    tracking.describe_sweep_parent("http://127.0.0.1:1", "p1", "study 2026-11-27 13:42", "**Sweep** notes")
+    assert Store.tags == {tracking.NOTE_TAG: "**Sweep** notes"} and not caplog.records
+    Store.tags, Store.other_job_wins = {}, False
+    tracking.describe_sweep_parent("http://127.0.0.1:1", "p1", "study 2026-11-27 13:42", "**Sweep** notes")
+    (warning,) = caplog.records
+    assert warning.getMessage() == ("could not set the description of the sweep's parent run p1: "
+                                    "(psycopg2.errors.UniqueViolation) duplicate key value violates unique "
+                                    'constraint "tag_pk"')
